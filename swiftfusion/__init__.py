@@ -1,0 +1,9 @@
+"""swiftfusion: parallel inference for Diffusion Transformers."""
+
+from .config import ParallelConfig
+from .pipelines import DigitsPipeline, load_pipeline, parallelize
+from .topology import Topology
+
+__version__ = "0.1.0"
+
+__all__ = ["DigitsPipeline", "ParallelConfig", "Topology", "load_pipeline", "parallelize", "__version__"]

@@ -1,0 +1,13 @@
+"""Attention math: local kernels with LSE, exact merging, distributed algorithms."""
+
+from .local import local_attention, merge_partials
+from .sequence_parallel import head_splits, ring_attention, ulysses_attention, usp_attention
+
+__all__ = [
+    "head_splits",
+    "local_attention",
+    "merge_partials",
+    "ring_attention",
+    "ulysses_attention",
+    "usp_attention",
+]

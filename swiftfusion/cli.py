@@ -1,0 +1,160 @@
+"""``swiftfusion``: the command line.
+
+    swiftfusion generate --prompt 7 --num-images 8 --steps 25 --seed 0 --output out.png \\
+        --nproc 4 --ulysses-degree 2 --ring-degree 2
+
+``--nproc N`` starts N local ranks; without it, the command runs as one rank of the world that
+torchrun (or another launcher) set up in the environment, or as a single process. Every input is
+checked before any process starts or any weight loads. xDiT's underscore spellings
+(``--ulysses_degree``) are accepted as aliases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .config import ParallelConfig
+from .launch import LaunchError, launch
+from .runtime import launched_world_size
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Adds ``--some-name`` with xDiT's ``--some_name`` as an alias."""
+    names = [f"--{name}"]
+    if "-" in name:
+        names.append(f"--{name.replace('-', '_')}")
+    parser.add_argument(*names, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import BUILTIN_MODELS
+    from .models.digits import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
+
+    parser = argparse.ArgumentParser(prog="swiftfusion", description="Parallel inference for Diffusion Transformers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="generate images", description="Generate images.")
+    _flag(gen, "model", default=BUILTIN_MODELS[0], help=f"model name (available: {', '.join(BUILTIN_MODELS)})")
+    _flag(gen, "prompt", type=int, required=True, help="the digit to draw, 0-9 (builtin:digits)")
+    _flag(gen, "num-images", type=int, default=1, help="images to generate (default 1)")
+    _flag(gen, "steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
+    _flag(gen, "guidance-scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
+          help=f"classifier-free guidance scale; <= 1 turns it off (default {DEFAULT_GUIDANCE_SCALE})")
+    _flag(gen, "seed", type=int, default=0)
+    out = gen.add_mutually_exclusive_group(required=True)
+    out.add_argument("--output", help="PNG file: all images as one grid")
+    _flag(out, "output-dir", help="folder: one PNG per image, named 000.png, 001.png, ...")
+    _flag(gen, "nproc", type=int, help="start this many local ranks (omit under torchrun)")
+    for axis, text in [("data", "prompts/images split across rank groups"),
+                       ("cfg", "1, or 2 to run the guidance branches on different ranks"),
+                       ("ulysses", "Ulysses sequence-parallel degree"),
+                       ("ring", "Ring sequence-parallel degree")]:
+        _flag(gen, f"{axis}-degree", type=int, default=1, help=f"{text} (default 1)")
+    _flag(gen, "ranks-per-node", type=int, help="ranks per machine (default: from the launcher, else all)")
+    _flag(gen, "timeout", type=float, default=300.0, help="seconds before a stuck collective fails (default 300)")
+    return parser
+
+
+def _check_output(args: argparse.Namespace) -> None:
+    """Fails now, not after generating, if the output cannot be written."""
+    if args.output is not None:
+        target = Path(args.output)
+        if target.suffix.lower() != ".png":
+            raise ValueError(f"--output must name a .png file, got {args.output!r}")
+        if target.is_dir():
+            raise ValueError(f"--output {args.output!r} is a directory; give a .png file name or use --output-dir")
+        _check_writable_dir(target.parent, f"--output {args.output!r}")
+    else:
+        folder = Path(args.output_dir)
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"--output-dir {args.output_dir!r} exists and is not a directory")
+            _check_writable_dir(folder, f"--output-dir {args.output_dir!r}")
+        else:
+            _check_writable_dir(folder.parent, f"--output-dir {args.output_dir!r}")
+
+
+def _check_writable_dir(folder: Path, what: str) -> None:
+    folder = folder if str(folder) else Path(".")
+    if not folder.is_dir():
+        raise ValueError(f"{what}: the directory {str(folder)!r} does not exist")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".swiftfusion-probe-"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{what}: cannot write in {str(folder)!r} ({error.strerror})") from None
+
+
+def check_generate_args(args: argparse.Namespace) -> ParallelConfig:
+    """Every check that can fail, before any work; returns the parallel config."""
+    from .pipelines import check_model_name
+    from .pipelines.digits import check_generation_args
+
+    check_model_name(args.model)
+    check_generation_args([args.prompt], args.num_images, args.steps, args.guidance_scale)
+    if args.nproc is not None and (args.nproc < 1):
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc is not None and launched_world_size() > 1:
+        raise ValueError("--nproc starts local ranks itself; do not combine it with torchrun (WORLD_SIZE is set)")
+    world = args.nproc if args.nproc is not None else launched_world_size()
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
+        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    config = ParallelConfig(
+        data_degree=args.data_degree, cfg_degree=args.cfg_degree, ulysses_degree=args.ulysses_degree,
+        ring_degree=args.ring_degree, world_size=world, collective_timeout_s=args.timeout,
+    )
+    if args.ranks_per_node is not None and (args.ranks_per_node < 1 or world % args.ranks_per_node):
+        raise ValueError(f"--ranks-per-node {args.ranks_per_node} must be a positive divisor of the world size {world}")
+    _check_output(args)
+    return config
+
+
+def generate_rank(args: argparse.Namespace, config: ParallelConfig) -> None:
+    """One rank's share of ``swiftfusion generate``; rank 0 writes the output."""
+    from . import runtime
+    from .pipelines import load_pipeline, parallelize
+
+    pipe = load_pipeline(args.model)
+    if config.product > 1:
+        pipe = parallelize(pipe, config, ranks_per_node=args.ranks_per_node)
+    result = pipe(args.prompt, num_images_per_prompt=args.num_images, num_inference_steps=args.steps,
+                  guidance_scale=args.guidance_scale, seed=args.seed, show_progress=runtime.rank() == 0)
+    if runtime.rank() == 0:
+        from .images import save_grid, save_each
+
+        if args.output is not None:
+            save_grid(result.images, args.output)
+            print(f"wrote {args.output}")
+        else:
+            save_each(result.images, args.output_dir)
+            print(f"wrote {result.images.shape[0]} images to {args.output_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = check_generate_args(args)
+    except ValueError as error:
+        parser.exit(2, f"swiftfusion: error: {error}\n")
+    try:
+        if args.nproc is not None and args.nproc > 1:
+            launch(generate_rank, (args, config), args.nproc)
+        elif launched_world_size() > 1:
+            from .runtime import run_rank_main
+
+            run_rank_main(generate_rank, args, config)
+        else:
+            generate_rank(args, config)
+    except LaunchError as error:
+        print(f"swiftfusion: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Moving bytes between ranks of a ``Group``: all-to-all (even or uneven), ring shifts for P2P
+rotation, all-gather. Every operation has a timeout (a stuck peer raises instead of hanging) and
+is counted: ``traffic`` holds the bytes this process sent per link class (``intra`` / ``inter``),
+and ``events`` can record the order in which transfers are posted and awaited, so tests can see
+that communication is overlapped with compute. Knows nothing about attention.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+from .mesh import Group
+from .topology import LINK_CLASSES
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class TrafficCounter:
+    """Bytes sent by this process, per link class (what left this rank towards each peer)."""
+
+    def __init__(self) -> None:
+        self.bytes = dict.fromkeys(LINK_CLASSES, 0)
+
+    def add(self, group: Group, peer_index: int, nbytes: int) -> None:
+        if peer_index != group.index and nbytes:
+            self.bytes[group.link_class(peer_index)] += int(nbytes)
+
+    def reset(self) -> None:
+        self.bytes = dict.fromkeys(LINK_CLASSES, 0)
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.bytes)
+
+
+class EventLog:
+    """An ordered record of communication and compute events, kept only while capturing."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, int]] | None = None
+
+    def record(self, name: str, step: int) -> None:
+        if self.entries is not None:
+            self.entries.append((name, step))
+
+    @contextmanager
+    def capture(self) -> Iterator[list[tuple[str, int]]]:
+        self.entries = []
+        try:
+            yield self.entries
+        finally:
+            self.entries = None
+
+
+traffic = TrafficCounter()
+events = EventLog()
+_timeout = datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
+
+
+def set_timeout(seconds: float) -> None:
+    """The deadline for waiting on any transfer (the process groups carry the same timeout)."""
+    global _timeout
+    _timeout = datetime.timedelta(seconds=seconds)
+
+
+class Pending:
+    """A transfer in flight; ``wait()`` returns its result or raises after the timeout."""
+
+    def __init__(self, works: Sequence, result: torch.Tensor) -> None:
+        self._works = works
+        self._result = result
+
+    def wait(self) -> torch.Tensor:
+        for work in self._works:
+            work.wait(timeout=_timeout)
+        return self._result
+
+
+def all_to_all(
+    x: torch.Tensor,
+    group: Group,
+    input_splits: Sequence[int] | None = None,
+    output_splits: Sequence[int] | None = None,
+) -> Pending:
+    """Exchanges slices of dim 0: rows ``input_splits[j]`` go to member j, and rows from member j
+    arrive in order. Equal splits when not given. Starts the transfer and returns at once."""
+    x = x.contiguous()
+    if input_splits is None:
+        input_splits = [x.shape[0] // group.size] * group.size
+    if output_splits is None:
+        output_splits = list(input_splits)
+    out = x.new_empty((sum(output_splits), *x.shape[1:]))
+    if group.size == 1:
+        out.copy_(x)
+        return Pending([], out)
+    row_bytes = x[0].numel() * x.element_size() if x.shape[0] else 0
+    for peer, rows in enumerate(input_splits):
+        traffic.add(group, peer, rows * row_bytes)
+    work = dist.all_to_all_single(
+        out, x, list(output_splits), list(input_splits), group=group.process_group, async_op=True
+    )
+    return Pending([work], out)
+
+
+def ring_shift(x: torch.Tensor, group: Group) -> Pending:
+    """Sends ``x`` to the next member and receives the previous member's tensor (same shape)."""
+    x = x.contiguous()
+    received = torch.empty_like(x)
+    nxt = (group.index + 1) % group.size
+    prev = (group.index - 1) % group.size
+    traffic.add(group, nxt, x.numel() * x.element_size())
+    ops = [
+        dist.P2POp(dist.isend, x, group.ranks[nxt], group.process_group),
+        dist.P2POp(dist.irecv, received, group.ranks[prev], group.process_group),
+    ]
+    return Pending(dist.batch_isend_irecv(ops), received)
+
+
+def all_gather(x: torch.Tensor, group: Group, dim: int = 0) -> torch.Tensor:
+    """Concatenates every member's ``x`` (same shape on all) along ``dim``, in group order."""
+    if group.size == 1:
+        return x
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(group.size)]
+    for peer in range(group.size):
+        traffic.add(group, peer, x.numel() * x.element_size())
+    work = dist.all_gather(parts, x, group=group.process_group, async_op=True)
+    Pending([work], x).wait()
+    return torch.cat(parts, dim=dim)

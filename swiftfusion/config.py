@@ -1,0 +1,79 @@
+"""``ParallelConfig``: every parallel degree and option in one validated value.
+
+Validated once, at construction; each error names the bad value and what is allowed. This module
+never touches torch.distributed: the world size is checked by ``check_world_size`` when a mesh is
+built (or here, if the caller passes ``world_size``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+DEGREE_NAMES = ("data_degree", "cfg_degree", "pipefusion_degree", "ulysses_degree", "ring_degree")
+CFG_DEGREES = (1, 2)
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How the work of one generation is split across processes.
+
+    Ranks are laid out as ``data × cfg × pipefusion × ring × ulysses`` with Ulysses innermost, so a
+    Ulysses group is made of consecutive ranks (the fast links of one node under torchrun).
+
+    - ``data_degree``: prompts / images split across groups of ranks.
+    - ``cfg_degree``: 1, or 2 to run the conditional and unconditional branch on different ranks.
+    - ``pipefusion_degree``: reserved for PipeFusion; only 1 is accepted today.
+    - ``ulysses_degree`` × ``ring_degree``: sequence parallelism (USP when both exceed 1).
+    - ``world_size``: optional; when given, the product of the degrees must equal it.
+    - ``collective_timeout_s``: every collective fails after this many seconds instead of hanging.
+    """
+
+    data_degree: int = 1
+    cfg_degree: int = 1
+    pipefusion_degree: int = 1
+    ulysses_degree: int = 1
+    ring_degree: int = 1
+    world_size: int | None = None
+    collective_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in DEGREE_NAMES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer (1, 2, 3, ...), got {value!r}")
+        if self.cfg_degree not in CFG_DEGREES:
+            raise ValueError(
+                f"cfg_degree must be one of {CFG_DEGREES} (conditional and unconditional branch), "
+                f"got {self.cfg_degree}"
+            )
+        if self.pipefusion_degree != 1:
+            raise ValueError(
+                f"pipefusion_degree={self.pipefusion_degree} is not supported yet; allowed: 1"
+            )
+        timeout = self.collective_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"collective_timeout_s must be a positive number of seconds, got {timeout!r}")
+        if self.world_size is not None:
+            self.check_world_size(self.world_size)
+
+    @property
+    def sp_degree(self) -> int:
+        """Sequence-parallel degree: Ulysses × Ring."""
+        return self.ulysses_degree * self.ring_degree
+
+    @property
+    def product(self) -> int:
+        return self.data_degree * self.cfg_degree * self.pipefusion_degree * self.sp_degree
+
+    def check_world_size(self, world_size: int) -> None:
+        if self.product != world_size:
+            terms = " × ".join(f"{n.removesuffix('_degree')} {getattr(self, n)}" for n in DEGREE_NAMES)
+            raise ValueError(
+                f"the parallel degrees multiply to {self.product} ({terms}) but the world size is "
+                f"{world_size}; choose degrees whose product is {world_size}"
+            )
+
+    def describe(self) -> str:
+        return ", ".join(
+            f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.name in DEGREE_NAMES
+        )

@@ -1,0 +1,58 @@
+"""``parallelize``: the one entry point that makes a pipeline or a bare model run in parallel."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import comm
+from ..config import ParallelConfig
+from ..mesh import build_mesh
+from ..models import BUILTIN_MODELS
+from ..models.plan import PLANS, apply_sequence_parallel
+from ..runtime import init_distributed
+from .digits import DigitsOutput, DigitsPipeline
+from .split import GenerationSplit
+
+
+def parallelize(target, config: ParallelConfig, ranks_per_node: int | None = None):
+    """Returns ``target`` ready to run on this process's share of the mesh.
+
+    - a ``DigitsPipeline``: sequence parallel inside the transformer, CFG and data parallel
+      around it; every rank returns the full, ordered batch of images.
+    - a bare diffusers transformer with a plan: every rank passes the full inputs and gets the
+      full output; only the sequence-parallel degrees apply.
+
+    Joins torch.distributed from the launcher's environment (torchrun variables) if needed.
+    """
+    init_distributed(config.collective_timeout_s)
+    comm.set_timeout(config.collective_timeout_s)
+    if isinstance(target, DigitsPipeline):
+        mesh = build_mesh(config, ranks_per_node)
+        apply_sequence_parallel(target.transformer, mesh)
+        target.split = GenerationSplit(mesh)
+        return target
+    if isinstance(target, torch.nn.Module) and type(target).__name__ in PLANS:
+        if config.data_degree != 1 or config.cfg_degree != 1:
+            raise ValueError(
+                f"a bare {type(target).__name__} runs with sequence parallelism only; data_degree "
+                f"and cfg_degree must be 1, got {config.data_degree} and {config.cfg_degree}"
+            )
+        return apply_sequence_parallel(target, build_mesh(config, ranks_per_node))
+    raise ValueError(
+        f"cannot parallelize {type(target).__name__}; supported: DigitsPipeline "
+        f"({', '.join(BUILTIN_MODELS)}) and the transformer models {', '.join(sorted(PLANS))}"
+    )
+
+
+def load_pipeline(model: str) -> DigitsPipeline:
+    """Loads a pipeline by model name; raises naming the known models for an unknown one."""
+    check_model_name(model)
+    return DigitsPipeline.from_pretrained()
+
+
+def check_model_name(model: str) -> None:
+    if model not in BUILTIN_MODELS:
+        raise ValueError(f"unknown model {model!r}; available: {', '.join(BUILTIN_MODELS)}")
+
+
+__all__ = ["DigitsOutput", "DigitsPipeline", "GenerationSplit", "load_pipeline", "parallelize"]

@@ -1,0 +1,87 @@
+"""The pipeline of the built-in model: class-conditional rectified-flow sampling with Euler steps
+and classifier-free guidance. Single-process by default; ``swiftfusion.parallelize`` splits it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models import digits
+from ..runtime import default_device
+from .split import GenerationSplit
+
+
+@dataclass
+class DigitsOutput:
+    images: torch.Tensor  # [N, 1, 32, 32] float in [0, 1], prompts in order, images per prompt inner
+    labels: torch.Tensor  # [N] the requested digit of each image
+
+
+def check_generation_args(prompts: Sequence[int], num_images_per_prompt: int, num_inference_steps: int,
+                          guidance_scale: float) -> None:
+    """Raises ``ValueError`` naming the bad value and the allowed ones."""
+    for p in prompts:
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < digits.NUM_CLASSES:
+            raise ValueError(f"digit must be an integer from 0 to 9, got {p!r}")
+    if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+
+
+class DigitsPipeline:
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        self.transformer = transformer
+        self.split = GenerationSplit()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path = digits.WEIGHTS_DIR) -> DigitsPipeline:
+        return cls(digits.load_transformer(path).to(default_device()))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        digit: int | Sequence[int],
+        num_images_per_prompt: int = 1,
+        num_inference_steps: int = digits.DEFAULT_STEPS,
+        guidance_scale: float = digits.DEFAULT_GUIDANCE_SCALE,
+        seed: int = 0,
+        show_progress: bool = True,
+        callback_on_step_end: Callable[[int], None] | None = None,
+    ) -> DigitsOutput:
+        prompts = [digit] if isinstance(digit, int) else list(digit)
+        check_generation_args(prompts, num_images_per_prompt, num_inference_steps, guidance_scale)
+        labels = torch.tensor(prompts).repeat_interleave(num_images_per_prompt)
+        n = labels.shape[0]
+        # Every rank draws the noise of the whole batch, so any split reproduces one process.
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn((n, 1, digits.IMAGE_SIZE, digits.IMAGE_SIZE), generator=generator)
+        mine = self.split.local_indices(n)
+        x = noise[mine].to(self.device)
+        cond = labels[mine].to(self.device)
+        uncond = torch.full_like(cond, digits.NULL_CLASS)
+        sigmas = digits.sampling_sigmas(num_inference_steps)
+
+        for i in tqdm(range(num_inference_steps), disable=not show_progress, desc="denoising"):
+            timestep = digits.timestep_input(sigmas[i], 1).to(self.device)
+
+            def predict(latents: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+                return self.transformer(latents, timestep.expand(latents.shape[0]), classes).sample
+
+            velocity = self.split.guided(predict, x, cond, uncond, guidance_scale)
+            x = x + (sigmas[i + 1] - sigmas[i]) * velocity
+            if callback_on_step_end is not None:
+                callback_on_step_end(i)
+        images = self.split.gather_batch(x, n).cpu()
+        return DigitsOutput(images=((images.clamp(-1, 1) + 1) / 2), labels=labels)

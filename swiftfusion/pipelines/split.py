@@ -1,0 +1,54 @@
+"""How one generation's batch and guidance are split across the mesh.
+
+- Data parallel: the batch is cut into ``data_degree`` equal chunks (the last padded by repeating
+  its final sample, so every rank runs the same shapes); ``gather_batch`` reassembles the original
+  order on every rank.
+- CFG parallel: with ``cfg_degree == 2`` the conditional branch runs on cfg index 0 and the
+  unconditional one on index 1, and both predictions are exchanged before combining exactly as the
+  single-process pipeline does; otherwise both branches run as one batch of twice the size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .. import comm
+from ..mesh import ParallelMesh
+
+Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class GenerationSplit:
+    def __init__(self, mesh: ParallelMesh | None = None) -> None:
+        self.mesh = mesh
+
+    @property
+    def data_size(self) -> int:
+        return self.mesh.data.size if self.mesh else 1
+
+    def local_indices(self, n: int) -> torch.Tensor:
+        """Indices (into a batch of ``n``) that this rank computes, padded to equal length."""
+        per_rank = -(-n // self.data_size)
+        start = (self.mesh.data.index if self.mesh else 0) * per_rank
+        return torch.arange(start, start + per_rank).clamp(max=n - 1)
+
+    def gather_batch(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        if self.data_size == 1:
+            return local[:n]
+        return comm.all_gather(local, self.mesh.data, dim=0)[:n]
+
+    def guided(self, predict: Predict, x: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+               scale: float) -> torch.Tensor:
+        """Classifier-free guidance: ``uncond + scale * (cond - uncond)``; just ``cond`` when
+        ``scale <= 1`` (as diffusers pipelines do)."""
+        if scale <= 1.0:
+            return predict(x, cond)
+        if self.mesh is not None and self.mesh.cfg.size == 2:
+            mine = predict(x, cond if self.mesh.cfg.index == 0 else uncond)
+            both = comm.all_gather(mine[None], self.mesh.cfg, dim=0)
+            cond_pred, uncond_pred = both[0], both[1]
+        else:
+            cond_pred, uncond_pred = predict(torch.cat([x, x]), torch.cat([cond, uncond])).chunk(2)
+        return uncond_pred + scale * (cond_pred - uncond_pred)

@@ -1,0 +1,115 @@
+"""Process-level runtime: the one place that chooses the device and the distributed backend,
+initialises torch.distributed from the launcher's environment, and makes failures fail fast.
+
+Fail-fast: a rank that raises publishes ``rank N failed: <error>`` in the rendezvous store; every
+rank runs a watchdog thread that polls that key and exits the process at once when it appears, so
+ranks blocked in a collective (possibly on another machine) do not wait for the collective timeout.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import threading
+import traceback
+
+import torch
+import torch.distributed as dist
+
+FAILURE_KEY = "swiftfusion/failure"
+FAILURE_FILE_ENV = "SWIFTFUSION_FAILURE_FILE"  # set by our launcher: the first failure is written there
+WATCHDOG_INTERVAL_S = 0.5
+
+
+def default_device() -> torch.device:
+    """CUDA (the local rank's GPU) where present, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def launched_world_size() -> int:
+    """WORLD_SIZE from the launcher's environment (1 when not launched by torchrun or ours)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(timeout_s: float = 300.0) -> None:
+    """Joins the process group described by the launcher's environment, once; a no-op for one
+    process. Also starts the failure watchdog."""
+    if dist.is_initialized() or launched_world_size() == 1:
+        return
+    device = default_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend_for(device), timeout=datetime.timedelta(seconds=timeout_s))
+    start_failure_watchdog()
+
+
+def rank() -> int:
+    if dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _store():
+    return dist.distributed_c10d._get_default_store()
+
+
+def report_failure(error: BaseException) -> str:
+    """Publishes this rank's failure so that every other rank stops; returns the message."""
+    message = f"rank {rank()} failed: {type(error).__name__}: {error}"
+    path = os.environ.get(FAILURE_FILE_ENV)
+    if path:
+        try:
+            with open(path, "x") as f:  # "x": only the first failing rank's message is kept
+                f.write(message)
+        except OSError:
+            pass
+    if dist.is_initialized():
+        try:
+            _store().set(FAILURE_KEY, message)
+        except Exception:  # the store may be gone already; the launcher still sees our exit code
+            pass
+    return message
+
+
+def start_failure_watchdog() -> None:
+    store = _store()
+
+    def watch() -> None:
+        stop = threading.Event()
+        while not stop.wait(WATCHDOG_INTERVAL_S):
+            try:
+                failed = store.check([FAILURE_KEY])
+            except Exception:
+                return  # the store's host is gone: collective timeouts take over
+            if failed:
+                message = store.get(FAILURE_KEY).decode()
+                print(f"swiftfusion: rank {rank()} stopping because {message}", file=sys.stderr, flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="swiftfusion-failure-watchdog", daemon=True).start()
+
+
+def run_rank_main(main, *args) -> None:
+    """Runs ``main(*args)`` as a rank's whole job: on an exception, names the rank, tells the
+    others to stop, and exits non-zero without waiting on collectives."""
+    try:
+        main(*args)
+    except BaseException as error:  # noqa: BLE001 - any failure must stop the whole world
+        message = report_failure(error)
+        traceback.print_exc()
+        print(f"swiftfusion: {message}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+    if dist.is_initialized():
+        dist.destroy_process_group()

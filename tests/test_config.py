@@ -1,0 +1,56 @@
+import re
+
+import pytest
+
+from swiftfusion import ParallelConfig, Topology
+
+
+def test_defaults_are_one_process():
+    config = ParallelConfig()
+    assert config.product == 1 and config.sp_degree == 1
+
+
+def test_product_must_equal_world_size():
+    message = (
+        "the parallel degrees multiply to 8 (data 1 × cfg 2 × pipefusion 1 × ulysses 2 × ring 2) "
+        "but the world size is 4; choose degrees whose product is 4"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ParallelConfig(cfg_degree=2, ulysses_degree=2, ring_degree=2, world_size=4)
+    ParallelConfig(cfg_degree=2, ulysses_degree=2, world_size=4)  # fits
+
+
+@pytest.mark.parametrize("name", ["data_degree", "cfg_degree", "ulysses_degree", "ring_degree", "pipefusion_degree"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
+def test_degrees_must_be_positive_integers(name, value):
+    with pytest.raises(ValueError, match=re.escape(f"{name} must be a positive integer (1, 2, 3, ...), got {value!r}")):
+        ParallelConfig(**{name: value})
+
+
+def test_cfg_degree_is_one_or_two():
+    with pytest.raises(ValueError, match=re.escape("cfg_degree must be one of (1, 2) (conditional and unconditional branch), got 3")):
+        ParallelConfig(cfg_degree=3)
+
+
+def test_pipefusion_not_yet():
+    with pytest.raises(ValueError, match=re.escape("pipefusion_degree=2 is not supported yet; allowed: 1")):
+        ParallelConfig(pipefusion_degree=2)
+
+
+def test_timeout_must_be_positive():
+    with pytest.raises(ValueError, match=re.escape("collective_timeout_s must be a positive number of seconds, got 0")):
+        ParallelConfig(collective_timeout_s=0)
+
+
+def test_topology_nodes_and_links():
+    topo = Topology(world_size=8, ranks_per_node=4)
+    assert topo.num_nodes == 2
+    assert topo.link_class(1, 3) == "intra" and topo.link_class(3, 4) == "inter"
+    with pytest.raises(ValueError, match=re.escape("ranks_per_node=3 must be a positive divisor of the world size 8")):
+        Topology(world_size=8, ranks_per_node=3)
+
+
+def test_topology_detects_torchrun_local_world_size(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert Topology.detect(8).ranks_per_node == 2
+    assert Topology.detect(8, ranks_per_node=4).ranks_per_node == 4

@@ -1,0 +1,58 @@
+"""Fail-fast: one rank failing mid-step stops the whole world quickly, and the error names it."""
+
+import os
+import time
+
+import pytest
+
+from swiftfusion import DigitsPipeline, ParallelConfig, parallelize, runtime
+from swiftfusion.launch import LaunchError, launch
+
+
+def raising_rank(bad_rank):
+    pipe = parallelize(DigitsPipeline.from_pretrained(), ParallelConfig(ulysses_degree=2, ring_degree=2))
+
+    def on_step(step):
+        if step == 2 and runtime.rank() == bad_rank:
+            raise RuntimeError("injected failure")
+
+    pipe([1, 2], num_images_per_prompt=2, num_inference_steps=20, show_progress=False, callback_on_step_end=on_step)
+
+
+def dying_rank(bad_rank):
+    pipe = parallelize(DigitsPipeline.from_pretrained(), ParallelConfig(ulysses_degree=2, ring_degree=2))
+
+    def on_step(step):
+        if step == 2 and runtime.rank() == bad_rank:
+            os._exit(7)  # no Python error handling at all: the process just vanishes
+
+    pipe([1, 2], num_images_per_prompt=2, num_inference_steps=20, show_progress=False, callback_on_step_end=on_step)
+
+
+def succeeding_rank(path):
+    pipe = parallelize(DigitsPipeline.from_pretrained(), ParallelConfig(data_degree=2))
+    images = pipe(5, num_images_per_prompt=2, num_inference_steps=2, show_progress=False).images
+    with open(f"{path}.{runtime.rank()}", "w") as f:
+        f.write(str(tuple(images.shape)))
+
+
+@pytest.mark.timeout(90)
+def test_raising_rank_stops_everyone_and_is_named():
+    start = time.monotonic()
+    with pytest.raises(LaunchError, match="^rank 2 failed: RuntimeError: injected failure$"):
+        launch(raising_rank, (2,), nproc=4)
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.timeout(90)
+def test_dying_rank_stops_everyone_and_is_named():
+    start = time.monotonic()
+    with pytest.raises(LaunchError, match="^rank 1 exited with code 7$"):
+        launch(dying_rank, (1,), nproc=4)
+    assert time.monotonic() - start < 60
+
+
+@pytest.mark.timeout(90)
+def test_successful_launch_returns(tmp_path):
+    launch(succeeding_rank, (str(tmp_path / "shape"),), nproc=2)
+    assert [(tmp_path / f"shape.{r}").read_text() for r in range(2)] == ["(2, 1, 32, 32)"] * 2

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -124,7 +123,7 @@ def generate_rank(args: argparse.Namespace, config: ParallelConfig) -> None:
     result = pipe(args.prompt, num_images_per_prompt=args.num_images, num_inference_steps=args.steps,
                   guidance_scale=args.guidance_scale, seed=args.seed, show_progress=runtime.rank() == 0)
     if runtime.rank() == 0:
-        from .images import save_grid, save_each
+        from .images import save_each, save_grid
 
         if args.output is not None:
             save_grid(result.images, args.output)

@@ -78,13 +78,13 @@ def build_mesh(config: ParallelConfig, ranks_per_node: int | None = None) -> Par
         return _MESH_CACHE[key]
     shape = _shape(config)
     me = current_rank()
-    coords = dict(zip(AXES, _unravel(me, shape)))
+    coords = dict(zip(AXES, _unravel(me, shape), strict=True))
     timeout = datetime.timedelta(seconds=config.collective_timeout_s)
 
     def group_along(axes: tuple[str, ...]) -> Group:
         mine = None
         # Every rank must create every group, in the same order (torch.distributed's rule).
-        for fixed in itertools.product(*(range(n) for a, n in zip(AXES, shape) if a not in axes)):
+        for fixed in itertools.product(*(range(n) for a, n in zip(AXES, shape, strict=True) if a not in axes)):
             members = _members(shape, axes, fixed)
             pg = None
             if len(members) > 1 and world > 1:
@@ -119,14 +119,14 @@ def _unravel(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def _ravel(coords: tuple[int, ...], shape: tuple[int, ...]) -> int:
     index = 0
-    for c, n in zip(coords, shape):
+    for c, n in zip(coords, shape, strict=True):
         index = index * n + c
     return index
 
 
 def _members(shape: tuple[int, ...], axes: tuple[str, ...], fixed: tuple[int, ...]) -> tuple[int, ...]:
     """Global ranks of the group varying ``axes`` (row-major among them) with other axes ``fixed``."""
-    varying = [range(n) for a, n in zip(AXES, shape) if a in axes]
+    varying = [range(n) for a, n in zip(AXES, shape, strict=True) if a in axes]
     members = []
     for moving in itertools.product(*varying):
         it_fixed, it_moving = iter(fixed), iter(moving)

@@ -93,7 +93,7 @@ class World:
         return [results[r] for r in range(self.size)]
 
     def close(self) -> None:
-        for inbox, p in zip(self.inboxes, self.processes):
+        for inbox, p in zip(self.inboxes, self.processes, strict=True):
             if p.is_alive() and not self.broken:
                 inbox.put(None)
         for p in self.processes:

@@ -23,12 +23,14 @@ def test_product_must_equal_world_size():
 @pytest.mark.parametrize("name", ["data_degree", "cfg_degree", "ulysses_degree", "ring_degree", "pipefusion_degree"])
 @pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
 def test_degrees_must_be_positive_integers(name, value):
-    with pytest.raises(ValueError, match=re.escape(f"{name} must be a positive integer (1, 2, 3, ...), got {value!r}")):
+    message = f"{name} must be a positive integer (1, 2, 3, ...), got {value!r}"
+    with pytest.raises(ValueError, match=re.escape(message)):
         ParallelConfig(**{name: value})
 
 
 def test_cfg_degree_is_one_or_two():
-    with pytest.raises(ValueError, match=re.escape("cfg_degree must be one of (1, 2) (conditional and unconditional branch), got 3")):
+    message = "cfg_degree must be one of (1, 2) (conditional and unconditional branch), got 3"
+    with pytest.raises(ValueError, match=re.escape(message)):
         ParallelConfig(cfg_degree=3)
 
 

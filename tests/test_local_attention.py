@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from reference import max_rel_err, sdpa_reference
+
 from swiftfusion.attention import local_attention, merge_partials
 
 
@@ -50,5 +50,6 @@ def test_merging_blocks_is_exact():
 
 def test_unknown_backend_is_named():
     q, k, v = _inputs()
-    with pytest.raises(ValueError, match="unknown attention backend 'fast'; allowed: auto, math, cpu_flash, cuda_efficient"):
+    message = "unknown attention backend 'fast'; allowed: auto, math, cpu_flash, cuda_efficient"
+    with pytest.raises(ValueError, match=message):
         local_attention(q, k, v, backend="fast")

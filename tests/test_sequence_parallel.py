@@ -4,8 +4,8 @@ import itertools
 
 import pytest
 import torch
-
 from reference import max_rel_err, sdpa_reference
+
 from swiftfusion import ParallelConfig, comm
 from swiftfusion.attention import usp_attention
 from swiftfusion.mesh import build_mesh

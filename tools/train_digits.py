@@ -43,19 +43,22 @@ def main() -> None:
         index = torch.randint(0, images.shape[0], (args.batch_size,))
         x0, y = images[index], labels[index]
         noise = torch.randn_like(x0)
-        sigma = torch.rand(args.batch_size)
-        xt = (1 - sigma[:, None, None, None]) * x0 + sigma[:, None, None, None] * noise
-        # The model learns the velocity (noise - data); label dropout (10%) happens inside
-        # diffusers' LabelEmbedding in train mode, which gives the unconditional branch for CFG.
-        prediction = model(xt, sigma * 1000.0, y).sample
-        loss = torch.nn.functional.mse_loss(prediction, noise - x0)
+        sigma = torch.sigmoid(torch.randn(args.batch_size))  # logit-normal, as in SD3
+        s = sigma[:, None, None, None]
+        xt = (1 - s) * x0 + s * noise
+        # The model predicts the clean image (x-prediction: its outputs stay on the data manifold,
+        # which a small pixel-space model needs); the loss is on the velocity it implies. Label
+        # dropout (10%) happens inside diffusers' LabelEmbedding in train mode: the CFG branch.
+        predicted_x0 = model(xt, sigma * 1000.0, y).sample
+        velocity = (xt - predicted_x0) / s.clamp_min(digits.MIN_SIGMA_FOR_VELOCITY)
+        loss = torch.nn.functional.mse_loss(velocity, noise - x0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
+            for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - args.ema)
         if step % 50 == 0:
             print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)

@@ -1,8 +1,9 @@
 """The built-in model ``builtin:digits``: a class-conditional DiT that draws 32×32 digits.
 
-It is a stock diffusers ``DiTTransformer2DModel`` (so the same parallel plan machinery serves it as
-any diffusers DiT), trained with rectified flow on scikit-learn's bundled ``load_digits`` images
-(8×8, upscaled to 32×32 so that patch size 2 gives a 256-token sequence). The "prompt" is the
+It is a stock diffusers ``DiTTransformer2DModel`` (so the same parallel plan machinery serves it
+as any diffusers DiT), trained with rectified flow (predicting the clean image) on scikit-learn's
+bundled ``load_digits`` images (8×8, upscaled to 32×32 so that patch size 2 gives a 256-token
+sequence). The "prompt" is the
 digit 0–9; class ``NULL_CLASS`` is the unconditional label used for classifier-free guidance.
 Training: ``python tools/train_digits.py``; weights ship in ``models/weights/digits``.
 """
@@ -21,6 +22,7 @@ NUM_CLASSES = 10
 NULL_CLASS = NUM_CLASSES  # the label-dropout class of diffusers' LabelEmbedding
 DEFAULT_STEPS = 25
 DEFAULT_GUIDANCE_SCALE = 3.0
+MIN_SIGMA_FOR_VELOCITY = 0.05  # training clamps sigma here when turning predicted x0 into velocity
 
 TRANSFORMER_CONFIG = dict(
     num_attention_heads=4,
@@ -75,6 +77,11 @@ def train_digit_classifier():
     classifier = LogisticRegression(max_iter=5000)
     classifier.fit(data.data, data.target)
     return classifier
+
+
+def velocity_from_prediction(latents: torch.Tensor, predicted_x0: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The model predicts the clean image; the flow's velocity is (x_t - x0) / sigma."""
+    return (latents - predicted_x0) / max(float(sigma), MIN_SIGMA_FOR_VELOCITY)
 
 
 def sampling_sigmas(steps: int) -> torch.Tensor:

@@ -3,6 +3,7 @@ and classifier-free guidance. Single-process by default; ``swiftfusion.paralleli
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,15 +23,19 @@ class DigitsOutput:
     labels: torch.Tensor  # [N] the requested digit of each image
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_generation_args(prompts: Sequence[int], num_images_per_prompt: int, num_inference_steps: int,
                           guidance_scale: float) -> None:
     """Raises ``ValueError`` naming the bad value and the allowed ones."""
     for p in prompts:
-        if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p < digits.NUM_CLASSES:
+        if not _is_int(p) or not 0 <= p < digits.NUM_CLASSES:
             raise ValueError(f"digit must be an integer from 0 to 9, got {p!r}")
-    if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+    if not _is_int(num_images_per_prompt) or num_images_per_prompt < 1:
         raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+    if not _is_int(num_inference_steps) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
     if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
@@ -74,14 +79,15 @@ class DigitsPipeline:
         sigmas = digits.sampling_sigmas(num_inference_steps)
 
         for i in tqdm(range(num_inference_steps), disable=not show_progress, desc="denoising"):
-            timestep = digits.timestep_input(sigmas[i], 1).to(self.device)
-
-            def predict(latents: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-                return self.transformer(latents, timestep.expand(latents.shape[0]), classes).sample
-
+            predict = functools.partial(self._velocity, sigma=float(sigmas[i]))
             velocity = self.split.guided(predict, x, cond, uncond, guidance_scale)
             x = x + (sigmas[i + 1] - sigmas[i]) * velocity
             if callback_on_step_end is not None:
                 callback_on_step_end(i)
         images = self.split.gather_batch(x, n).cpu()
         return DigitsOutput(images=((images.clamp(-1, 1) + 1) / 2), labels=labels)
+
+    def _velocity(self, latents: torch.Tensor, classes: torch.Tensor, sigma: float) -> torch.Tensor:
+        timestep = digits.timestep_input(sigma, latents.shape[0]).to(self.device)
+        predicted_x0 = self.transformer(latents, timestep, classes).sample
+        return digits.velocity_from_prediction(latents, predicted_x0, sigma)

@@ -94,7 +94,7 @@ def check_generate_args(args: argparse.Namespace) -> ParallelConfig:
     from .pipelines.digits import check_generation_args
 
     check_model_name(args.model)
-    check_generation_args([args.prompt], args.num_images, args.steps, args.guidance_scale)
+    check_generation_args([args.prompt], args.num_images, args.steps, args.guidance_scale, args.cfg_degree)
     if args.nproc is not None and (args.nproc < 1):
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc is not None and launched_world_size() > 1:

@@ -80,6 +80,19 @@ class Pending:
         return self._result
 
 
+class _Reordered(Pending):
+    """An all-to-all whose received chunks arrive in backend order and are put in member order."""
+
+    def __init__(self, works, result, splits, order) -> None:
+        super().__init__(works, result)
+        self._splits, self._order = splits, order
+
+    def wait(self) -> torch.Tensor:
+        chunks = super().wait().split(self._splits)
+        by_member = dict(zip(self._order, chunks, strict=True))
+        return torch.cat([by_member[i] for i in range(len(chunks))])
+
+
 def all_to_all(
     x: torch.Tensor,
     group: Group,
@@ -100,6 +113,15 @@ def all_to_all(
     row_bytes = x[0].numel() * x.element_size() if x.shape[0] else 0
     for peer, rows in enumerate(input_splits):
         traffic.add(group, peer, rows * row_bytes)
+    order = group.backend_order
+    if order != tuple(range(group.size)):  # chunks must go in the process group's rank order
+        x = torch.cat([x.split(list(input_splits))[i] for i in order])
+        input_splits = [input_splits[i] for i in order]
+        output_splits = [output_splits[i] for i in order]
+        out = x.new_empty((sum(output_splits), *x.shape[1:]))
+        work = dist.all_to_all_single(out, x, output_splits, list(input_splits), group=group.process_group,
+                                      async_op=True)
+        return _Reordered([work], out, output_splits, order)
     work = dist.all_to_all_single(
         out, x, list(output_splits), list(input_splits), group=group.process_group, async_op=True
     )
@@ -130,4 +152,5 @@ def all_gather(x: torch.Tensor, group: Group, dim: int = 0) -> torch.Tensor:
         traffic.add(group, peer, x.numel() * x.element_size())
     work = dist.all_gather(parts, x, group=group.process_group, async_op=True)
     Pending([work], x).wait()
-    return torch.cat(parts, dim=dim)
+    by_member = dict(zip(group.backend_order, parts, strict=True))
+    return torch.cat([by_member[i] for i in range(group.size)], dim=dim)

@@ -11,19 +11,24 @@ from dataclasses import dataclass, fields
 
 DEGREE_NAMES = ("data_degree", "cfg_degree", "pipefusion_degree", "ulysses_degree", "ring_degree")
 CFG_DEGREES = (1, 2)
+SP_LAYOUTS = ("usp", "tas", "auto")
 
 
 @dataclass(frozen=True)
 class ParallelConfig:
     """How the work of one generation is split across processes.
 
-    Ranks are laid out as ``data × cfg × pipefusion × ring × ulysses`` with Ulysses innermost, so a
-    Ulysses group is made of consecutive ranks (the fast links of one node under torchrun).
+    Ranks are laid out as ``data × cfg × pipefusion × (sequence parallel)``; inside the sequence
+    parallel block ``sp_layout`` decides whether Ulysses or Ring groups are the consecutive ranks.
 
     - ``data_degree``: prompts / images split across groups of ranks.
     - ``cfg_degree``: 1, or 2 to run the conditional and unconditional branch on different ranks.
     - ``pipefusion_degree``: reserved for PipeFusion; only 1 is accepted today.
     - ``ulysses_degree`` × ``ring_degree``: sequence parallelism (USP when both exceed 1).
+    - ``sp_layout``: where the Ulysses and Ring groups sit. ``"usp"`` (xDiT's placement): Ulysses
+      groups are consecutive ranks (inside a node), Ring groups stride across nodes. ``"tas"``
+      (topology-aware, reversed): Ring groups are consecutive ranks, Ulysses groups stride across
+      nodes. ``"auto"``: whichever moves fewer bytes over the inter-node links for the model.
     - ``world_size``: optional; when given, the product of the degrees must equal it.
     - ``collective_timeout_s``: every collective fails after this many seconds instead of hanging.
     """
@@ -33,6 +38,7 @@ class ParallelConfig:
     pipefusion_degree: int = 1
     ulysses_degree: int = 1
     ring_degree: int = 1
+    sp_layout: str = "usp"
     world_size: int | None = None
     collective_timeout_s: float = 300.0
 
@@ -50,6 +56,8 @@ class ParallelConfig:
             raise ValueError(
                 f"pipefusion_degree={self.pipefusion_degree} is not supported yet; allowed: 1"
             )
+        if self.sp_layout not in SP_LAYOUTS:
+            raise ValueError(f"sp_layout must be one of {', '.join(SP_LAYOUTS)}, got {self.sp_layout!r}")
         timeout = self.collective_timeout_s
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"collective_timeout_s must be a positive number of seconds, got {timeout!r}")

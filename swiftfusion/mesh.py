@@ -1,13 +1,18 @@
 """Process groups for a ``ParallelConfig`` on a ``Topology``: which rank sits where.
 
-Rank layout (row-major, Ulysses innermost)::
+Placement (``Placement``, pure arithmetic, also used by the planner) lays ranks out row-major over
+the physical axis order, innermost last:
 
-    rank = (((data * cfg_degree + cfg) * pipefusion_degree + stage) * ring_degree + ring) * ulysses_degree + ulysses
+- ``usp`` (xDiT's placement): ``data, cfg, pipefusion, ring, ulysses``: a Ulysses group is
+  consecutive ranks (inside a node whenever ulysses_degree divides the ranks per node) and Ring
+  groups stride across nodes;
+- ``tas`` (reversed): ``data, cfg, pipefusion, ulysses, ring``: Ring groups inside a node,
+  Ulysses groups strided across nodes.
 
-so a Ulysses group is consecutive ranks (inside a node whenever ulysses_degree divides the ranks
-per node) and Ring groups stride across them. The sequence-parallel group (Ulysses × Ring) holds
-the sequence in ``sp_index = ring * ulysses_degree + ulysses`` order. Groups are created once per
-(config, topology) and cached: creating groups is collective and slow.
+Whatever the placement, the sequence-parallel group holds the sequence in
+``sp_index = ring * ulysses_degree + ulysses`` order, which is what the attention algorithms
+assume. Groups are created once per (config, layout, topology) and cached: creating groups is
+collective and slow.
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ from .runtime import rank as current_rank
 from .runtime import world_size as current_world_size
 from .topology import Topology
 
-AXES = ("data", "cfg", "pipefusion", "ring", "ulysses")
+AXES = ("data", "cfg", "pipefusion", "ring", "ulysses")  # logical order; sp groups are (ring, ulysses)
+PHYSICAL_ORDER = {
+    "usp": ("data", "cfg", "pipefusion", "ring", "ulysses"),
+    "tas": ("data", "cfg", "pipefusion", "ulysses", "ring"),
+}
 
 
 @dataclass(frozen=True)
@@ -42,11 +51,59 @@ class Group:
     def link_class(self, peer_index: int) -> str:
         return self.topology.link_class(self.ranks[self.index], self.ranks[peer_index])
 
+    @property
+    def backend_order(self) -> tuple[int, ...]:
+        """Member indices in the process group's own rank order: torch.distributed sorts a group's
+        ranks, which differs from ``ranks`` when a placement interleaves them (e.g. TAS's sp group)."""
+        return tuple(sorted(range(self.size), key=lambda i: self.ranks[i]))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where each (data, cfg, pipefusion, ring, ulysses) coordinate lives, for one layout."""
+
+    config: ParallelConfig
+    layout: str
+
+    def __post_init__(self) -> None:
+        if self.layout not in PHYSICAL_ORDER:
+            raise ValueError(f"layout must be one of {', '.join(PHYSICAL_ORDER)}, got {self.layout!r}")
+
+    def size(self, axis: str) -> int:
+        return getattr(self.config, f"{axis}_degree")
+
+    def rank_of(self, coords: dict[str, int]) -> int:
+        rank = 0
+        for axis in PHYSICAL_ORDER[self.layout]:
+            rank = rank * self.size(axis) + coords[axis]
+        return rank
+
+    def coords_of(self, rank: int) -> dict[str, int]:
+        coords = {}
+        for axis in reversed(PHYSICAL_ORDER[self.layout]):
+            coords[axis] = rank % self.size(axis)
+            rank //= self.size(axis)
+        return coords
+
+    def groups(self, axes: tuple[str, ...]) -> list[tuple[int, ...]]:
+        """Every group varying ``axes`` (members row-major over ``axes`` in the order given), in a
+        fixed order that is the same on every rank."""
+        others = [a for a in AXES if a not in axes]
+        result = []
+        for fixed in itertools.product(*(range(self.size(a)) for a in others)):
+            base = dict(zip(others, fixed, strict=True))
+            result.append(tuple(
+                self.rank_of({**base, **dict(zip(axes, moving, strict=True))})
+                for moving in itertools.product(*(range(self.size(a)) for a in axes))
+            ))
+        return result
+
 
 @dataclass(frozen=True)
 class ParallelMesh:
     config: ParallelConfig
     topology: Topology
+    layout: str  # the placement in force ("usp" or "tas"; "auto" is resolved before)
     rank: int
     coords: dict[str, int]
     data: Group
@@ -55,37 +112,30 @@ class ParallelMesh:
     ring: Group
     sp: Group  # Ulysses × Ring, in sp_index order
 
-    @property
-    def is_output_rank(self) -> bool:
-        return self.rank == 0
-
 
 _MESH_CACHE: dict[tuple, ParallelMesh] = {}
 
 
-def _shape(config: ParallelConfig) -> tuple[int, ...]:
-    return (config.data_degree, config.cfg_degree, config.pipefusion_degree,
-            config.ring_degree, config.ulysses_degree)
-
-
-def build_mesh(config: ParallelConfig, ranks_per_node: int | None = None) -> ParallelMesh:
-    """Builds (or returns the cached) mesh for this process. Collective: every rank calls it."""
+def build_mesh(config: ParallelConfig, ranks_per_node: int | None = None, layout: str | None = None) -> ParallelMesh:
+    """Builds (or returns the cached) mesh for this process. Collective: every rank calls it.
+    ``layout`` overrides ``config.sp_layout`` (it must be given when that is ``"auto"``)."""
     world = current_world_size()
     config.check_world_size(world)
     topology = Topology.detect(world, ranks_per_node)
-    key = (config, topology)
+    layout = layout or config.sp_layout
+    if layout == "auto":
+        raise ValueError("sp_layout='auto' is resolved from the model's shape: pass the model to parallelize()")
+    key = (config, topology, layout)
     if key in _MESH_CACHE:
         return _MESH_CACHE[key]
-    shape = _shape(config)
+    placement = Placement(config, layout)
     me = current_rank()
-    coords = dict(zip(AXES, _unravel(me, shape), strict=True))
     timeout = datetime.timedelta(seconds=config.collective_timeout_s)
 
     def group_along(axes: tuple[str, ...]) -> Group:
         mine = None
         # Every rank must create every group, in the same order (torch.distributed's rule).
-        for fixed in itertools.product(*(range(n) for a, n in zip(AXES, shape, strict=True) if a not in axes)):
-            members = _members(shape, axes, fixed)
+        for members in placement.groups(axes):
             pg = None
             if len(members) > 1 and world > 1:
                 pg = dist.new_group(list(members), timeout=timeout)
@@ -97,8 +147,9 @@ def build_mesh(config: ParallelConfig, ranks_per_node: int | None = None) -> Par
     mesh = ParallelMesh(
         config=config,
         topology=topology,
+        layout=layout,
         rank=me,
-        coords=coords,
+        coords=placement.coords_of(me),
         data=group_along(("data",)),
         cfg=group_along(("cfg",)),
         ulysses=group_along(("ulysses",)),
@@ -107,29 +158,3 @@ def build_mesh(config: ParallelConfig, ranks_per_node: int | None = None) -> Par
     )
     _MESH_CACHE[key] = mesh
     return mesh
-
-
-def _unravel(index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-    coords = []
-    for n in reversed(shape):
-        coords.append(index % n)
-        index //= n
-    return tuple(reversed(coords))
-
-
-def _ravel(coords: tuple[int, ...], shape: tuple[int, ...]) -> int:
-    index = 0
-    for c, n in zip(coords, shape, strict=True):
-        index = index * n + c
-    return index
-
-
-def _members(shape: tuple[int, ...], axes: tuple[str, ...], fixed: tuple[int, ...]) -> tuple[int, ...]:
-    """Global ranks of the group varying ``axes`` (row-major among them) with other axes ``fixed``."""
-    varying = [range(n) for a, n in zip(AXES, shape, strict=True) if a in axes]
-    members = []
-    for moving in itertools.product(*varying):
-        it_fixed, it_moving = iter(fixed), iter(moving)
-        coords = tuple(next(it_moving) if a in axes else next(it_fixed) for a in AXES)
-        members.append(_ravel(coords, shape))
-    return tuple(members)

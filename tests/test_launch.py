@@ -9,21 +9,14 @@ from swiftfusion import DigitsPipeline, ParallelConfig, parallelize, runtime
 from swiftfusion.launch import LaunchError, launch
 
 
-def raising_rank(bad_rank):
+def failing_rank(bad_rank, how):
+    """Generates on 4 ranks (USP 2×2); ``bad_rank`` raises, or vanishes, at step 2 of 20."""
     pipe = parallelize(DigitsPipeline.from_pretrained(), ParallelConfig(ulysses_degree=2, ring_degree=2))
 
     def on_step(step):
         if step == 2 and runtime.rank() == bad_rank:
-            raise RuntimeError("injected failure")
-
-    pipe([1, 2], num_images_per_prompt=2, num_inference_steps=20, show_progress=False, callback_on_step_end=on_step)
-
-
-def dying_rank(bad_rank):
-    pipe = parallelize(DigitsPipeline.from_pretrained(), ParallelConfig(ulysses_degree=2, ring_degree=2))
-
-    def on_step(step):
-        if step == 2 and runtime.rank() == bad_rank:
+            if how == "raise":
+                raise RuntimeError("injected failure")
             os._exit(7)  # no Python error handling at all: the process just vanishes
 
     pipe([1, 2], num_images_per_prompt=2, num_inference_steps=20, show_progress=False, callback_on_step_end=on_step)
@@ -40,7 +33,7 @@ def succeeding_rank(path):
 def test_raising_rank_stops_everyone_and_is_named():
     start = time.monotonic()
     with pytest.raises(LaunchError, match="^rank 2 failed: RuntimeError: injected failure$"):
-        launch(raising_rank, (2,), nproc=4)
+        launch(failing_rank, (2, "raise"), nproc=4)
     assert time.monotonic() - start < 60
 
 
@@ -48,7 +41,7 @@ def test_raising_rank_stops_everyone_and_is_named():
 def test_dying_rank_stops_everyone_and_is_named():
     start = time.monotonic()
     with pytest.raises(LaunchError, match="^rank 1 exited with code 7$"):
-        launch(dying_rank, (1,), nproc=4)
+        launch(failing_rank, (1, "exit"), nproc=4)
     assert time.monotonic() - start < 60
 
 

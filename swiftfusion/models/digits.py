@@ -63,20 +63,26 @@ def digit_images() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def to_classifier_features(images: torch.Tensor) -> np.ndarray:
-    """(N, 1, 32, 32) images in [-1, 1] -> (N, 64) features on load_digits' 0..16 scale."""
-    small = F.avg_pool2d(images.float().clamp(-1, 1), kernel_size=IMAGE_SIZE // 8)
-    return ((small + 1.0) * 8.0).reshape(images.shape[0], -1).numpy()
+    """(N, 1, 32, 32) images in [0, 1] (pipeline output) -> (N, 64) on load_digits' 0..16 scale."""
+    small = F.avg_pool2d(images.float().clamp(0, 1), kernel_size=IMAGE_SIZE // 8)
+    return (small * 16.0).reshape(images.shape[0], -1).numpy()
 
 
-def train_digit_classifier():
+def train_digit_classifier(train_indices: np.ndarray | None = None):
     """A logistic-regression classifier on load_digits' 8×8 images (the quality judge)."""
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
 
     data = load_digits()
+    index = slice(None) if train_indices is None else train_indices
     classifier = LogisticRegression(max_iter=5000)
-    classifier.fit(data.data, data.target)
+    classifier.fit(data.data[index], data.target[index])
     return classifier
+
+
+def digit_accuracy(classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of ``images`` (pipeline output, [0, 1]) that ``classifier`` labels as ``labels``."""
+    return float((classifier.predict(to_classifier_features(images)) == labels.numpy()).mean())
 
 
 def velocity_from_prediction(latents: torch.Tensor, predicted_x0: torch.Tensor, sigma: float) -> torch.Tensor:

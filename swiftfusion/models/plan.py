@@ -73,6 +73,13 @@ class SequenceParallelAttnProcessor:
         return out / attn.rescale_output_factor
 
 
+def attention_shape(model: torch.nn.Module) -> tuple[int, int]:
+    """(heads, head_dim) of the model's sequence-parallel attention, read from its first block."""
+    plan = plan_for(model)
+    attn = getattr(getattr(model, plan.blocks)[0], plan.self_attention[0])
+    return attn.heads, attn.inner_dim // attn.heads
+
+
 def plan_for(model: torch.nn.Module) -> SequenceParallelPlan:
     name = type(model).__name__
     if name not in PLANS:

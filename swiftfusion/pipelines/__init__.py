@@ -8,8 +8,10 @@ from .. import comm
 from ..config import ParallelConfig
 from ..mesh import build_mesh
 from ..models import BUILTIN_MODELS
-from ..models.plan import PLANS, apply_sequence_parallel
-from ..runtime import init_distributed
+from ..models.plan import PLANS, apply_sequence_parallel, attention_shape
+from ..planner import choose_layout
+from ..runtime import init_distributed, world_size
+from ..topology import Topology
 from .digits import DigitsOutput, DigitsPipeline
 from .split import GenerationSplit
 
@@ -27,7 +29,7 @@ def parallelize(target, config: ParallelConfig, ranks_per_node: int | None = Non
     init_distributed(config.collective_timeout_s)
     comm.set_timeout(config.collective_timeout_s)
     if isinstance(target, DigitsPipeline):
-        mesh = build_mesh(config, ranks_per_node)
+        mesh = _mesh_for(target.transformer, config, ranks_per_node)
         apply_sequence_parallel(target.transformer, mesh)
         target.split = GenerationSplit(mesh)
         return target
@@ -37,11 +39,21 @@ def parallelize(target, config: ParallelConfig, ranks_per_node: int | None = Non
                 f"a bare {type(target).__name__} runs with sequence parallelism only; data_degree "
                 f"and cfg_degree must be 1, got {config.data_degree} and {config.cfg_degree}"
             )
-        return apply_sequence_parallel(target, build_mesh(config, ranks_per_node))
+        return apply_sequence_parallel(target, _mesh_for(target, config, ranks_per_node))
     raise ValueError(
         f"cannot parallelize {type(target).__name__}; supported: DigitsPipeline "
         f"({', '.join(BUILTIN_MODELS)}) and the transformer models {', '.join(sorted(PLANS))}"
     )
+
+
+def _mesh_for(model: torch.nn.Module, config: ParallelConfig, ranks_per_node: int | None):
+    """The mesh, with ``sp_layout="auto"`` resolved by the planner for this model's attention."""
+    layout = None
+    if config.sp_layout == "auto":
+        config.check_world_size(world_size())
+        topology = Topology.detect(world_size(), ranks_per_node)
+        layout = choose_layout(config, topology, *attention_shape(model))
+    return build_mesh(config, ranks_per_node, layout)
 
 
 def load_pipeline(model: str) -> DigitsPipeline:

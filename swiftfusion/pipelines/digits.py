@@ -28,7 +28,7 @@ def _is_int(value) -> bool:
 
 
 def check_generation_args(prompts: Sequence[int], num_images_per_prompt: int, num_inference_steps: int,
-                          guidance_scale: float) -> None:
+                          guidance_scale: float, cfg_degree: int = 1) -> None:
     """Raises ``ValueError`` naming the bad value and the allowed ones."""
     for p in prompts:
         if not _is_int(p) or not 0 <= p < digits.NUM_CLASSES:
@@ -39,6 +39,11 @@ def check_generation_args(prompts: Sequence[int], num_images_per_prompt: int, nu
         raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
     if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+    if cfg_degree == 2 and guidance_scale <= 1:
+        raise ValueError(
+            f"cfg_degree 2 runs the guidance branches on two ranks, but guidance_scale={guidance_scale} turns "
+            "guidance off (it must be > 1); use cfg_degree 1 or a larger guidance_scale"
+        )
 
 
 class DigitsPipeline:
@@ -66,7 +71,8 @@ class DigitsPipeline:
         callback_on_step_end: Callable[[int], None] | None = None,
     ) -> DigitsOutput:
         prompts = [digit] if isinstance(digit, int) else list(digit)
-        check_generation_args(prompts, num_images_per_prompt, num_inference_steps, guidance_scale)
+        check_generation_args(prompts, num_images_per_prompt, num_inference_steps, guidance_scale,
+                              self.split.cfg_size)
         labels = torch.tensor(prompts).repeat_interleave(num_images_per_prompt)
         n = labels.shape[0]
         # Every rank draws the noise of the whole batch, so any split reproduces one process.

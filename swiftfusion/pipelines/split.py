@@ -28,6 +28,10 @@ class GenerationSplit:
     def data_size(self) -> int:
         return self.mesh.data.size if self.mesh else 1
 
+    @property
+    def cfg_size(self) -> int:
+        return self.mesh.cfg.size if self.mesh else 1
+
     def local_indices(self, n: int) -> torch.Tensor:
         """Indices (into a batch of ``n``) that this rank computes, padded to equal length."""
         per_rank = -(-n // self.data_size)
@@ -45,7 +49,7 @@ class GenerationSplit:
         ``scale <= 1`` (as diffusers pipelines do)."""
         if scale <= 1.0:
             return predict(x, cond)
-        if self.mesh is not None and self.mesh.cfg.size == 2:
+        if self.cfg_size == 2:
             mine = predict(x, cond if self.mesh.cfg.index == 0 else uncond)
             both = comm.all_gather(mine[None], self.mesh.cfg, dim=0)
             cond_pred, uncond_pred = both[0], both[1]

@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("ulysses", "Ulysses sequence-parallel degree"),
                        ("ring", "Ring sequence-parallel degree")]:
         _flag(gen, f"{axis}-degree", type=int, default=1, help=f"{text} (default 1)")
+    _flag(gen, "sp-layout", default="usp",
+          help="placement of the Ulysses and Ring groups: usp (Ulysses inside a node), tas (Ulysses across "
+               "nodes, Ring inside), auto (fewest inter-node bytes) (default usp)")
     _flag(gen, "ranks-per-node", type=int, help="ranks per machine (default: from the launcher, else all)")
     _flag(gen, "timeout", type=float, default=300.0, help="seconds before a stuck collective fails (default 300)")
     return parser
@@ -104,7 +107,7 @@ def check_generate_args(args: argparse.Namespace) -> ParallelConfig:
         raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     config = ParallelConfig(
         data_degree=args.data_degree, cfg_degree=args.cfg_degree, ulysses_degree=args.ulysses_degree,
-        ring_degree=args.ring_degree, world_size=world, collective_timeout_s=args.timeout,
+        ring_degree=args.ring_degree, sp_layout=args.sp_layout, world_size=world, collective_timeout_s=args.timeout,
     )
     if args.ranks_per_node is not None and (args.ranks_per_node < 1 or world % args.ranks_per_node):
         raise ValueError(f"--ranks-per-node {args.ranks_per_node} must be a positive divisor of the world size {world}")

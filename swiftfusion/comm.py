@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from .mesh import Group
+from .mesh import Group, split_by_node
 from .topology import LINK_CLASSES
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -24,14 +24,17 @@ class TrafficCounter:
     """Bytes sent by this process, per link class (what left this rank towards each peer)."""
 
     def __init__(self) -> None:
-        self.bytes = dict.fromkeys(LINK_CLASSES, 0)
+        self.reset()
 
     def add(self, group: Group, peer_index: int, nbytes: int) -> None:
         if peer_index != group.index and nbytes:
-            self.bytes[group.link_class(peer_index)] += int(nbytes)
+            link = group.link_class(peer_index)
+            self.bytes[link] += int(nbytes)
+            self.messages[link] += 1
 
     def reset(self) -> None:
         self.bytes = dict.fromkeys(LINK_CLASSES, 0)
+        self.messages = dict.fromkeys(LINK_CLASSES, 0)  # non-empty sends to a peer
 
     def snapshot(self) -> dict[str, int]:
         return dict(self.bytes)
@@ -126,6 +129,60 @@ def all_to_all(
         out, x, list(output_splits), list(input_splits), group=group.process_group, async_op=True
     )
     return Pending([work], out)
+
+
+SplitMatrix = Sequence[Sequence[int]]  # rows[i][j]: dim-0 rows member i sends to member j
+
+
+def exchange(x: torch.Tensor, group: Group, rows: SplitMatrix) -> torch.Tensor:
+    """All-to-all where every member knows the whole split matrix; the rows for member j are
+    contiguous in ``x`` in member order, and the result holds the rows from member i in member
+    order. Runs as TAPA (two topology-aligned phases) when the group was built with node-local
+    and cross-node subgroups, else as one flat all-to-all."""
+    if group.node_local is not None and group.cross_node is not None:
+        return tapa_all_to_all(x, group, rows)
+    me = group.index
+    return all_to_all(x, group, list(rows[me]), [rows[i][me] for i in range(group.size)]).wait()
+
+
+def tapa_all_to_all(x: torch.Tensor, group: Group, rows: SplitMatrix) -> torch.Tensor:
+    """Topology-aligned phased all-to-all (CoCoDiff's TAPA), exactly equal to the flat one.
+
+    Member (node n, local m) first sends each node-local peer m' everything bound for members
+    with local index m' on any node (phase 1, fast links), then each member sends each peer with
+    the same local index on another node one bundle of what its node holds for that peer
+    (phase 2, slow links): (nodes - 1) inter-node messages per rank instead of
+    (nodes - 1) × ranks per node, each ranks-per-node times larger.
+    """
+    local, cross = group.node_local, group.cross_node
+    # member(n, m): group index of the member on cross index n with node-local index m.
+    member = [[group.ranks.index(_member_rank(group, n, m)) for m in range(local.size)] for n in range(cross.size)]
+    me, n_me, m_me = group.index, cross.index, local.index
+    chunks = dict(zip(range(group.size), x.split([rows[me][j] for j in range(group.size)]), strict=True))
+
+    # Phase 1 (intra-node): to local peer m', my chunks for (n'', m') for every n''.
+    send = [chunks[member[n][m]] for m in range(local.size) for n in range(cross.size)]
+    in_splits = [sum(rows[me][member[n][m]] for n in range(cross.size)) for m in range(local.size)]
+    out_splits = [sum(rows[member[n_me][m]][member[n][m_me]] for n in range(cross.size)) for m in range(local.size)]
+    got = all_to_all(torch.cat(send), local, in_splits, out_splits).wait()
+    # ``got`` holds, per local source m, per node n'': the chunk (n_me, m) -> (n'', m_me).
+    sizes = [rows[member[n_me][m]][member[n][m_me]] for m in range(local.size) for n in range(cross.size)]
+    pieces = dict(zip([(m, n) for m in range(local.size) for n in range(cross.size)], got.split(sizes), strict=True))
+
+    # Phase 2 (inter-node): to the peer on node n'', what this node holds for it, local sources in order.
+    send = [pieces[(m, n)] for n in range(cross.size) for m in range(local.size)]
+    in_splits = [sum(rows[member[n_me][m]][member[n][m_me]] for m in range(local.size)) for n in range(cross.size)]
+    out_splits = [sum(rows[member[n][m]][me] for m in range(local.size)) for n in range(cross.size)]
+    got = all_to_all(torch.cat(send), cross, in_splits, out_splits).wait()
+    sizes = [rows[member[n][m]][me] for n in range(cross.size) for m in range(local.size)]
+    by_source = dict(zip([member[n][m] for n in range(cross.size) for m in range(local.size)], got.split(sizes),
+                         strict=True))
+    return torch.cat([by_source[i] for i in range(group.size)])
+
+
+def _member_rank(group: Group, cross_index: int, local_index: int) -> int:
+    """Global rank of the member at ``local_index`` on the node of cross-node member ``cross_index``."""
+    return split_by_node(group.ranks, group.topology)[cross_index][local_index]
 
 
 def ring_shift(x: torch.Tensor, group: Group) -> Pending:

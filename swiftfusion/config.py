@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 DEGREE_NAMES = ("data_degree", "cfg_degree", "pipefusion_degree", "ulysses_degree", "ring_degree")
 CFG_DEGREES = (1, 2)
 SP_LAYOUTS = ("usp", "tas", "auto")
+ALL_TO_ALL = ("flat", "tapa")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class ParallelConfig:
       groups are consecutive ranks (inside a node), Ring groups stride across nodes. ``"tas"``
       (topology-aware, reversed): Ring groups are consecutive ranks, Ulysses groups stride across
       nodes. ``"auto"``: whichever moves fewer bytes over the inter-node links for the model.
+    - ``all_to_all``: ``"flat"`` (one collective) or ``"tapa"`` (CoCoDiff's topology-aligned
+      phases: inside nodes, then between nodes; exact, fewer and larger inter-node messages) for
+      Ulysses groups that span nodes.
     - ``world_size``: optional; when given, the product of the degrees must equal it.
     - ``collective_timeout_s``: every collective fails after this many seconds instead of hanging.
     """
@@ -39,6 +43,7 @@ class ParallelConfig:
     ulysses_degree: int = 1
     ring_degree: int = 1
     sp_layout: str = "usp"
+    all_to_all: str = "flat"
     world_size: int | None = None
     collective_timeout_s: float = 300.0
 
@@ -58,6 +63,8 @@ class ParallelConfig:
             )
         if self.sp_layout not in SP_LAYOUTS:
             raise ValueError(f"sp_layout must be one of {', '.join(SP_LAYOUTS)}, got {self.sp_layout!r}")
+        if self.all_to_all not in ALL_TO_ALL:
+            raise ValueError(f"all_to_all must be one of {', '.join(ALL_TO_ALL)}, got {self.all_to_all!r}")
         timeout = self.collective_timeout_s
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"collective_timeout_s must be a positive number of seconds, got {timeout!r}")

@@ -43,6 +43,9 @@ class Group:
     index: int  # this rank's position in ``ranks``
     topology: Topology
     process_group: object | None  # None when the group has one member
+    # For TAPA: this member's node-local subgroup and its same-local-index subgroup across nodes.
+    node_local: Group | None = None
+    cross_node: Group | None = None
 
     @property
     def size(self) -> int:
@@ -116,6 +119,14 @@ class ParallelMesh:
 _MESH_CACHE: dict[tuple, ParallelMesh] = {}
 
 
+def split_by_node(ranks: tuple[int, ...], topology: Topology) -> list[list[int]]:
+    """``ranks`` grouped by node: nodes in order of first appearance, members in the given order."""
+    nodes: dict[int, list[int]] = {}
+    for r in ranks:
+        nodes.setdefault(topology.node_of(r), []).append(r)
+    return list(nodes.values())
+
+
 def build_mesh(config: ParallelConfig, ranks_per_node: int | None = None, layout: str | None = None) -> ParallelMesh:
     """Builds (or returns the cached) mesh for this process. Collective: every rank calls it.
     ``layout`` overrides ``config.sp_layout`` (it must be given when that is ``"auto"``)."""
@@ -132,17 +143,37 @@ def build_mesh(config: ParallelConfig, ranks_per_node: int | None = None, layout
     me = current_rank()
     timeout = datetime.timedelta(seconds=config.collective_timeout_s)
 
+    def make(members: tuple[int, ...]) -> Group | None:
+        """Creates the process group (every rank must call this for every group, in the same
+        order: torch.distributed's rule) and returns this rank's view of it, if a member."""
+        pg = dist.new_group(list(members), timeout=timeout) if len(members) > 1 and world > 1 else None
+        return Group(members, members.index(me), topology, pg) if me in members else None
+
     def group_along(axes: tuple[str, ...]) -> Group:
-        mine = None
-        # Every rank must create every group, in the same order (torch.distributed's rule).
-        for members in placement.groups(axes):
-            pg = None
-            if len(members) > 1 and world > 1:
-                pg = dist.new_group(list(members), timeout=timeout)
-            if me in members:
-                mine = Group(members, members.index(me), topology, pg)
-        assert mine is not None
-        return mine
+        mine = [g for g in map(make, placement.groups(axes)) if g is not None]
+        return mine[0]
+
+    def ulysses_group() -> Group:
+        mine = group_along(("ulysses",))
+        if config.all_to_all != "tapa":
+            return mine
+        node_local = cross_node = None
+        for members in placement.groups(("ulysses",)):
+            nodes = split_by_node(members, topology)
+            if len({len(n) for n in nodes}) > 1:
+                raise ValueError(
+                    f"all_to_all='tapa' needs the same number of Ulysses ranks on every node; group "
+                    f"{members} has {[len(n) for n in nodes]} on its nodes"
+                )
+            if len(nodes) == 1 or len(nodes[0]) == 1:
+                continue  # one node, or one rank per node: the phases would be a flat all-to-all
+            for on_node in nodes:
+                node_local = make(tuple(on_node)) or node_local
+            for same_local_index in zip(*nodes, strict=True):
+                cross_node = make(same_local_index) or cross_node
+        if node_local is None or cross_node is None:
+            return mine
+        return Group(mine.ranks, mine.index, topology, mine.process_group, node_local, cross_node)
 
     mesh = ParallelMesh(
         config=config,
@@ -152,7 +183,7 @@ def build_mesh(config: ParallelConfig, ranks_per_node: int | None = None, layout
         coords=placement.coords_of(me),
         data=group_along(("data",)),
         cfg=group_along(("cfg",)),
-        ulysses=group_along(("ulysses",)),
+        ulysses=ulysses_group(),
         ring=group_along(("ring",)),
         sp=group_along(("ring", "ulysses")),
     )

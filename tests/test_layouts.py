@@ -34,8 +34,8 @@ def test_tas_matches_single_process(worlds, world, ulysses, ring):
         assert max(errors.values()) <= 1e-4, errors
 
 
-def counted_case(ulysses, ring, world, ranks_per_node, layout, heads, seq):
-    mesh = _mesh(ulysses, ring, world, ranks_per_node, layout)
+def counted_case(ulysses, ring, world, ranks_per_node, layout, heads, seq, all_to_all):
+    mesh = _mesh(ulysses, ring, world, ranks_per_node, layout, all_to_all)
     q, k, v, _ = _inputs(heads, seq, False, seed=2)
     shard = SequenceShard.for_length(seq, mesh.sp)
     local = [shard.shard(t, dim=2) for t in (q, k, v)]
@@ -44,14 +44,17 @@ def counted_case(ulysses, ring, world, ranks_per_node, layout, heads, seq):
     return comm.traffic.snapshot()
 
 
+@pytest.mark.parametrize("all_to_all", ["flat", "tapa"])
 @pytest.mark.parametrize("layout", ["usp", "tas"])
-@pytest.mark.parametrize("world,ulysses,ring", [(4, 2, 2), (8, 4, 2), (8, 2, 4), (8, 2, 2)])
+@pytest.mark.parametrize("world,ulysses,ring", [(4, 2, 2), (8, 4, 2), (8, 2, 4), (8, 2, 2), (8, 8, 1)])
 @pytest.mark.parametrize("heads,seq", [(4, 32), (3, 13)])  # the second: uneven heads and padding
-def test_counted_bytes_equal_the_model(worlds, layout, world, ulysses, ring, heads, seq):
+def test_counted_bytes_equal_the_model(worlds, all_to_all, layout, world, ulysses, ring, heads, seq):
     ranks_per_node = 2
-    counted = worlds.get(world).run(counted_case, ulysses, ring, world, ranks_per_node, layout, heads, seq)
+    counted = worlds.get(world).run(counted_case, ulysses, ring, world, ranks_per_node, layout, heads, seq,
+                                    all_to_all)
     total = {link: sum(c[link] for c in counted) for link in ("intra", "inter")}
-    config = ParallelConfig(data_degree=world // (ulysses * ring), ulysses_degree=ulysses, ring_degree=ring)
+    config = ParallelConfig(data_degree=world // (ulysses * ring), ulysses_degree=ulysses, ring_degree=ring,
+                            all_to_all=all_to_all)
     model = attention_traffic(config, Topology(world, ranks_per_node), layout,
                               batch=2, heads=heads, tokens=seq, head_dim=8)
     assert total == model

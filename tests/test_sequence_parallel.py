@@ -16,10 +16,10 @@ HEADS = (4, 3, 5)  # 3 and 5 do not divide by 2 or 4 (with Ulysses 4 and 3 heads
 SEQS = (16, 13, 7)  # 13 and 7 do not divide by 2, 4 or 8
 
 
-def _mesh(ulysses, ring, world, ranks_per_node=None, layout="usp"):
+def _mesh(ulysses, ring, world, ranks_per_node=None, layout="usp", all_to_all="flat"):
     sp = ulysses * ring
     config = ParallelConfig(data_degree=world // sp, ulysses_degree=ulysses, ring_degree=ring,
-                            sp_layout=layout, collective_timeout_s=30)
+                            sp_layout=layout, all_to_all=all_to_all, collective_timeout_s=30)
     return build_mesh(config, ranks_per_node)
 
 
@@ -40,8 +40,8 @@ def _sp_forward(mesh, q, k, v, mask):
     return shard.gather(out, dim=2)
 
 
-def exactness_case(ulysses, ring, world, layout="usp"):
-    mesh = _mesh(ulysses, ring, world, layout=layout)
+def exactness_case(ulysses, ring, world, layout="usp", all_to_all="flat", ranks_per_node=None):
+    mesh = _mesh(ulysses, ring, world, ranks_per_node, layout, all_to_all)
     errors = {}
     for heads, seq, masked in itertools.product(HEADS, SEQS, (False, True)):
         # Each data group gets its own inputs: groups run side by side without mixing.

@@ -37,8 +37,8 @@ def ulysses_scatter_heads(x: torch.Tensor, group: Group) -> torch.Tensor:
     *lead, heads, seq, dim = x.shape
     splits = head_splits(heads, group.size)
     mine = splits[group.index]
-    rows = x.movedim(-3, 0)  # heads first: all_to_all splits dim 0
-    received = comm.all_to_all(rows, group, splits, [mine] * group.size).wait()
+    rows = x.movedim(-3, 0)  # heads first: the exchange splits dim 0
+    received = comm.exchange(rows, group, [splits] * group.size)  # member i sends j its heads
     received = received.view(group.size, mine, *lead, seq, dim)
     # [src, my_heads, *lead, S, D] -> [*lead, my_heads, src, S, D]: source order is token order.
     received = received.movedim(0, -3).movedim(0, -4)
@@ -54,7 +54,7 @@ def ulysses_gather_heads(x: torch.Tensor, group: Group, heads: int) -> torch.Ten
     splits = head_splits(heads, group.size)
     rows = x.view(batch, mine, group.size, seq, dim).permute(2, 1, 0, 3, 4)
     rows = rows.reshape(group.size * mine, batch, seq, dim)
-    received = comm.all_to_all(rows, group, [mine] * group.size, splits).wait()
+    received = comm.exchange(rows, group, [[s] * group.size for s in splits])  # i sends j i's heads
     return received.permute(1, 0, 2, 3)
 
 

@@ -8,7 +8,7 @@ that communication is overlapped with compute. Knows nothing about attention.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -82,18 +82,17 @@ class Pending:
             work.wait(timeout=_timeout)
         return self._result
 
+    def then(self, finish: Callable[[torch.Tensor], torch.Tensor]) -> Pending:
+        """A transfer whose ``wait()`` returns ``finish`` applied to this one's result."""
+        return _Then(self, finish)
 
-class _Reordered(Pending):
-    """An all-to-all whose received chunks arrive in backend order and are put in member order."""
 
-    def __init__(self, works, result, splits, order) -> None:
-        super().__init__(works, result)
-        self._splits, self._order = splits, order
+class _Then(Pending):
+    def __init__(self, first: Pending, finish: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self._first, self._finish = first, finish
 
     def wait(self) -> torch.Tensor:
-        chunks = super().wait().split(self._splits)
-        by_member = dict(zip(self._order, chunks, strict=True))
-        return torch.cat([by_member[i] for i in range(len(chunks))])
+        return self._finish(self._first.wait())
 
 
 def all_to_all(
@@ -117,42 +116,48 @@ def all_to_all(
     for peer, rows in enumerate(input_splits):
         traffic.add(group, peer, rows * row_bytes)
     order = group.backend_order
-    if order != tuple(range(group.size)):  # chunks must go in the process group's rank order
-        x = torch.cat([x.split(list(input_splits))[i] for i in order])
-        input_splits = [input_splits[i] for i in order]
-        output_splits = [output_splits[i] for i in order]
-        out = x.new_empty((sum(output_splits), *x.shape[1:]))
-        work = dist.all_to_all_single(out, x, output_splits, list(input_splits), group=group.process_group,
-                                      async_op=True)
-        return _Reordered([work], out, output_splits, order)
-    work = dist.all_to_all_single(
-        out, x, list(output_splits), list(input_splits), group=group.process_group, async_op=True
-    )
-    return Pending([work], out)
+    if order == tuple(range(group.size)):
+        work = dist.all_to_all_single(
+            out, x, list(output_splits), list(input_splits), group=group.process_group, async_op=True
+        )
+        return Pending([work], out)
+    # The process group orders members by global rank: send and receive in that order.
+    x = torch.cat([x.split(list(input_splits))[i] for i in order])
+    input_splits = [input_splits[i] for i in order]
+    output_splits = [output_splits[i] for i in order]
+    out = x.new_empty((sum(output_splits), *x.shape[1:]))
+    work = dist.all_to_all_single(out, x, output_splits, input_splits, group=group.process_group, async_op=True)
+
+    def to_member_order(received: torch.Tensor) -> torch.Tensor:
+        by_member = dict(zip(order, received.split(output_splits), strict=True))
+        return torch.cat([by_member[i] for i in range(group.size)])
+
+    return Pending([work], out).then(to_member_order)
 
 
 SplitMatrix = Sequence[Sequence[int]]  # rows[i][j]: dim-0 rows member i sends to member j
 
 
-def exchange(x: torch.Tensor, group: Group, rows: SplitMatrix) -> torch.Tensor:
+def exchange(x: torch.Tensor, group: Group, rows: SplitMatrix) -> Pending:
     """All-to-all where every member knows the whole split matrix; the rows for member j are
     contiguous in ``x`` in member order, and the result holds the rows from member i in member
     order. Runs as TAPA (two topology-aligned phases) when the group was built with node-local
-    and cross-node subgroups, else as one flat all-to-all."""
+    and cross-node subgroups, else as one flat all-to-all. Starts it and returns at once."""
     if group.node_local is not None and group.cross_node is not None:
         return tapa_all_to_all(x, group, rows)
     me = group.index
-    return all_to_all(x, group, list(rows[me]), [rows[i][me] for i in range(group.size)]).wait()
+    return all_to_all(x, group, list(rows[me]), [rows[i][me] for i in range(group.size)])
 
 
-def tapa_all_to_all(x: torch.Tensor, group: Group, rows: SplitMatrix) -> torch.Tensor:
+def tapa_all_to_all(x: torch.Tensor, group: Group, rows: SplitMatrix) -> Pending:
     """Topology-aligned phased all-to-all (CoCoDiff's TAPA), exactly equal to the flat one.
 
     Member (node n, local m) first sends each node-local peer m' everything bound for members
     with local index m' on any node (phase 1, fast links), then each member sends each peer with
     the same local index on another node one bundle of what its node holds for that peer
     (phase 2, slow links): (nodes - 1) inter-node messages per rank instead of
-    (nodes - 1) × ranks per node, each ranks-per-node times larger.
+    (nodes - 1) × ranks per node, each ranks-per-node times larger. Phase 1 starts at once;
+    phase 2 runs when the result is awaited.
     """
     local, cross = group.node_local, group.cross_node
     # member(n, m): group index of the member on cross index n with node-local index m.
@@ -164,20 +169,24 @@ def tapa_all_to_all(x: torch.Tensor, group: Group, rows: SplitMatrix) -> torch.T
     send = [chunks[member[n][m]] for m in range(local.size) for n in range(cross.size)]
     in_splits = [sum(rows[me][member[n][m]] for n in range(cross.size)) for m in range(local.size)]
     out_splits = [sum(rows[member[n_me][m]][member[n][m_me]] for n in range(cross.size)) for m in range(local.size)]
-    got = all_to_all(torch.cat(send), local, in_splits, out_splits).wait()
-    # ``got`` holds, per local source m, per node n'': the chunk (n_me, m) -> (n'', m_me).
-    sizes = [rows[member[n_me][m]][member[n][m_me]] for m in range(local.size) for n in range(cross.size)]
-    pieces = dict(zip([(m, n) for m in range(local.size) for n in range(cross.size)], got.split(sizes), strict=True))
+    phase_one = all_to_all(torch.cat(send), local, in_splits, out_splits)
 
-    # Phase 2 (inter-node): to the peer on node n'', what this node holds for it, local sources in order.
-    send = [pieces[(m, n)] for n in range(cross.size) for m in range(local.size)]
-    in_splits = [sum(rows[member[n_me][m]][member[n][m_me]] for m in range(local.size)) for n in range(cross.size)]
-    out_splits = [sum(rows[member[n][m]][me] for m in range(local.size)) for n in range(cross.size)]
-    got = all_to_all(torch.cat(send), cross, in_splits, out_splits).wait()
-    sizes = [rows[member[n][m]][me] for n in range(cross.size) for m in range(local.size)]
-    by_source = dict(zip([member[n][m] for n in range(cross.size) for m in range(local.size)], got.split(sizes),
-                         strict=True))
-    return torch.cat([by_source[i] for i in range(group.size)])
+    def phase_two(got: torch.Tensor) -> torch.Tensor:
+        # ``got`` holds, per local source m, per node n'': the chunk (n_me, m) -> (n'', m_me).
+        sizes = [rows[member[n_me][m]][member[n][m_me]] for m in range(local.size) for n in range(cross.size)]
+        keys = [(m, n) for m in range(local.size) for n in range(cross.size)]
+        pieces = dict(zip(keys, got.split(sizes), strict=True))
+        # To the peer on node n'', what this node holds for it, local sources in order.
+        send = [pieces[(m, n)] for n in range(cross.size) for m in range(local.size)]
+        in_splits = [sum(rows[member[n_me][m]][member[n][m_me]] for m in range(local.size)) for n in range(cross.size)]
+        out_splits = [sum(rows[member[n][m]][me] for m in range(local.size)) for n in range(cross.size)]
+        got = all_to_all(torch.cat(send), cross, in_splits, out_splits).wait()
+        sizes = [rows[member[n][m]][me] for n in range(cross.size) for m in range(local.size)]
+        sources = [member[n][m] for n in range(cross.size) for m in range(local.size)]
+        by_source = dict(zip(sources, got.split(sizes), strict=True))
+        return torch.cat([by_source[i] for i in range(group.size)])
+
+    return phase_one.then(phase_two)
 
 
 def _member_rank(group: Group, cross_index: int, local_index: int) -> int:

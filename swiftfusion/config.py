@@ -33,6 +33,8 @@ class ParallelConfig:
     - ``all_to_all``: ``"flat"`` (one collective) or ``"tapa"`` (CoCoDiff's topology-aligned
       phases: inside nodes, then between nodes; exact, fewer and larger inter-node messages) for
       Ulysses groups that span nodes.
+    - ``v_first``: start V's all-to-all before Q and K are projected, normalised and rotated
+      (CoCoDiff's V-First; exact).
     - ``world_size``: optional; when given, the product of the degrees must equal it.
     - ``collective_timeout_s``: every collective fails after this many seconds instead of hanging.
     """
@@ -44,6 +46,7 @@ class ParallelConfig:
     ring_degree: int = 1
     sp_layout: str = "usp"
     all_to_all: str = "flat"
+    v_first: bool = False
     world_size: int | None = None
     collective_timeout_s: float = 300.0
 
@@ -65,6 +68,8 @@ class ParallelConfig:
             raise ValueError(f"sp_layout must be one of {', '.join(SP_LAYOUTS)}, got {self.sp_layout!r}")
         if self.all_to_all not in ALL_TO_ALL:
             raise ValueError(f"all_to_all must be one of {', '.join(ALL_TO_ALL)}, got {self.all_to_all!r}")
+        if not isinstance(self.v_first, bool):
+            raise ValueError(f"v_first must be True or False, got {self.v_first!r}")
         timeout = self.collective_timeout_s
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"collective_timeout_s must be a positive number of seconds, got {timeout!r}")

@@ -17,7 +17,7 @@ def exchange_case(world, ulysses, ring, ranks_per_node, layout):
     me = group.index
     x = torch.cat([torch.full((rows[me][j], 3), 100.0 * me + j) for j in range(size)])
     comm.traffic.reset()
-    phased = comm.exchange(x, group, rows)
+    phased = comm.exchange(x, group, rows).wait()
     phased_traffic = (comm.traffic.snapshot(), dict(comm.traffic.messages))
     expected = comm.all_to_all(x, group, rows[me], [rows[i][me] for i in range(size)]).wait()
     return group.node_local is not None, torch.equal(phased, expected), phased_traffic
@@ -36,7 +36,7 @@ def traffic_case(world, ranks_per_node, all_to_all):
     mesh = _mesh(world, 1, world, ranks_per_node, "usp", all_to_all)
     x = torch.randn(world * 4, 16)
     comm.traffic.reset()
-    comm.exchange(x, mesh.ulysses, [[4] * world] * world)
+    comm.exchange(x, mesh.ulysses, [[4] * world] * world).wait()
     return comm.traffic.snapshot(), dict(comm.traffic.messages)
 
 

@@ -44,3 +44,30 @@ def test_bare_transformer_rejects_data_parallel(tiny_dit_folder):
                "must be 1, got 1 and 2")
     with pytest.raises(ValueError, match=re.escape(message)):
         parallelize(model, ParallelConfig(cfg_degree=2))
+
+
+def options_case(folder, options):
+    from diffusers import DiTTransformer2DModel
+
+    from swiftfusion import comm
+
+    model = DiTTransformer2DModel.from_pretrained(folder, use_safetensors=True, low_cpu_mem_usage=False).eval()
+    x = torch.randn(2, 2, 10, 10, generator=torch.Generator().manual_seed(6))
+    t, y = torch.tensor([10.0, 700.0]), torch.tensor([1, 4])
+    with torch.no_grad():
+        expected = model(x, t, y).sample
+        config = ParallelConfig(ulysses_degree=2, ring_degree=2, collective_timeout_s=30, **options)
+        parallelize(model, config, ranks_per_node=2)
+        with comm.events.capture() as log:
+            actual = model(x, t, y).sample
+    return max_rel_err(actual, expected), [name for name, _ in log if name.startswith("v_first")]
+
+
+@pytest.mark.parametrize("options", [dict(v_first=True), dict(v_first=True, sp_layout="tas", all_to_all="tapa"),
+                                     dict(sp_layout="tas")], ids=["v_first", "v_first-tas-tapa", "tas"])
+def test_options_keep_the_model_exact(worlds, tiny_dit_folder, options):
+    for error, v_first_events in worlds.get(4).run(options_case, tiny_dit_folder, options):
+        assert error <= 1e-4
+        # Two blocks: V posted before Q/K are projected, in each layer's attention.
+        expected = ["v_first.v_posted", "v_first.qk_ready"] * 2 if options.get("v_first") else []
+        assert v_first_events == expected

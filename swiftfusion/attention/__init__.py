@@ -1,7 +1,13 @@
 """Attention math: local kernels with LSE, exact merging, distributed algorithms."""
 
 from .local import local_attention, merge_partials
-from .sequence_parallel import head_splits, ring_attention, ulysses_attention, usp_attention
+from .sequence_parallel import (
+    head_splits,
+    ring_attention,
+    ulysses_attention,
+    usp_attention,
+    usp_attention_v_first,
+)
 
 __all__ = [
     "head_splits",
@@ -10,4 +16,5 @@ __all__ = [
     "ring_attention",
     "ulysses_attention",
     "usp_attention",
+    "usp_attention_v_first",
 ]

@@ -17,6 +17,8 @@ helpers pad the sequence to a multiple of the group size and mask the padding ke
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .. import comm
@@ -32,17 +34,25 @@ def head_splits(heads: int, degree: int) -> list[int]:
 def ulysses_scatter_heads(x: torch.Tensor, group: Group) -> torch.Tensor:
     """``[..., heads, S, D]`` on each rank -> ``[..., my_heads, group.size * S, D]``.
     Leading dims (e.g. a stacked q/k/v and the batch) travel along."""
+    return start_scatter_heads(x, group).wait()
+
+
+def start_scatter_heads(x: torch.Tensor, group: Group) -> comm.Pending:
+    """``ulysses_scatter_heads`` started in the background; ``wait()`` gives its result."""
     if group.size == 1:
-        return x
+        return comm.Pending([], x)
     *lead, heads, seq, dim = x.shape
     splits = head_splits(heads, group.size)
     mine = splits[group.index]
     rows = x.movedim(-3, 0)  # heads first: the exchange splits dim 0
-    received = comm.exchange(rows, group, [splits] * group.size)  # member i sends j its heads
-    received = received.view(group.size, mine, *lead, seq, dim)
-    # [src, my_heads, *lead, S, D] -> [*lead, my_heads, src, S, D]: source order is token order.
-    received = received.movedim(0, -3).movedim(0, -4)
-    return received.reshape(*lead, mine, group.size * seq, dim)
+
+    def to_token_order(received: torch.Tensor) -> torch.Tensor:
+        received = received.view(group.size, mine, *lead, seq, dim)
+        # [src, my_heads, *lead, S, D] -> [*lead, my_heads, src, S, D]: source order is token order.
+        received = received.movedim(0, -3).movedim(0, -4)
+        return received.reshape(*lead, mine, group.size * seq, dim)
+
+    return comm.exchange(rows, group, [splits] * group.size).then(to_token_order)  # i sends j j's heads
 
 
 def ulysses_gather_heads(x: torch.Tensor, group: Group, heads: int) -> torch.Tensor:
@@ -54,7 +64,7 @@ def ulysses_gather_heads(x: torch.Tensor, group: Group, heads: int) -> torch.Ten
     splits = head_splits(heads, group.size)
     rows = x.view(batch, mine, group.size, seq, dim).permute(2, 1, 0, 3, 4)
     rows = rows.reshape(group.size * mine, batch, seq, dim)
-    received = comm.exchange(rows, group, [[s] * group.size for s in splits])  # i sends j i's heads
+    received = comm.exchange(rows, group, [[s] * group.size for s in splits]).wait()  # i sends j i's heads
     return received.permute(1, 0, 2, 3)
 
 
@@ -104,6 +114,25 @@ def usp_attention(
     q, k, v = ulysses_scatter_heads(torch.stack([q, k, v]), ulysses).unbind(0)
     out = ring_attention(q, k, v, ring, key_mask, scale)
     return ulysses_gather_heads(out, ulysses, heads)
+
+
+def usp_attention_v_first(
+    v: torch.Tensor,
+    project_qk: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    ulysses: Group,
+    ring: Group,
+    key_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """USP with CoCoDiff's V-First: V's all-to-all starts before ``project_qk`` computes Q and K
+    (projection, norm, rotary), so that work hides V's transfer. Same result as ``usp_attention``."""
+    pending_v = start_scatter_heads(v, ulysses)
+    comm.events.record("v_first.v_posted", 0)
+    q, k = project_qk()
+    comm.events.record("v_first.qk_ready", 0)
+    q, k = ulysses_scatter_heads(torch.stack([q, k]), ulysses).unbind(0)
+    out = ring_attention(q, k, pending_v.wait(), ring, key_mask, scale)
+    return ulysses_gather_heads(out, ulysses, v.shape[1])
 
 
 def ulysses_attention(q, k, v, ulysses: Group, key_mask=None, scale=None) -> torch.Tensor:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention import usp_attention
+from ..attention import usp_attention, usp_attention_v_first
 from ..mesh import ParallelMesh
 from ..sequence import SequenceShard
 
@@ -58,15 +58,26 @@ class SequenceParallelAttnProcessor:
             raise NotImplementedError(f"expected [batch, tokens, dim] hidden states, got {tuple(hidden_states.shape)}")
         residual = hidden_states
         batch = hidden_states.shape[0]
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        head_dim = k.shape[-1] // attn.heads
-        q, k, v = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (q, k, v))
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        out = usp_attention(q, k, v, self.mesh.ulysses, self.mesh.ring, self.state.key_mask)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(q.dtype)
+        head_dim = attn.inner_dim // attn.heads
+
+        def heads_first(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+
+        def project_qk() -> tuple[torch.Tensor, torch.Tensor]:
+            q, k = heads_first(attn.to_q(hidden_states)), heads_first(attn.to_k(hidden_states))
+            if attn.norm_q is not None:
+                q = attn.norm_q(q)
+            if attn.norm_k is not None:
+                k = attn.norm_k(k)
+            return q, k
+
+        mesh = self.mesh
+        v = heads_first(attn.to_v(hidden_states))
+        if mesh.config.v_first:
+            out = usp_attention_v_first(v, project_qk, mesh.ulysses, mesh.ring, self.state.key_mask)
+        else:
+            out = usp_attention(*project_qk(), v, mesh.ulysses, mesh.ring, self.state.key_mask)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(hidden_states.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + residual

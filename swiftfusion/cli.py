@@ -56,8 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(gen, "sp-layout", default="usp",
           help="placement of the Ulysses and Ring groups: usp (Ulysses inside a node), tas (Ulysses across "
                "nodes, Ring inside), auto (fewest inter-node bytes) (default usp)")
+    _flag(gen, "all-to-all", default="flat",
+          help="Ulysses all-to-all: flat, or tapa (intra-node phase, then inter-node phase) (default flat)")
+    _flag(gen, "v-first", action="store_true", help="start V's all-to-all before Q/K projection (exact)")
     _flag(gen, "ranks-per-node", type=int, help="ranks per machine (default: from the launcher, else all)")
     _flag(gen, "timeout", type=float, default=300.0, help="seconds before a stuck collective fails (default 300)")
+    from .bench import add_parser as add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 
@@ -107,7 +113,8 @@ def check_generate_args(args: argparse.Namespace) -> ParallelConfig:
         raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     config = ParallelConfig(
         data_degree=args.data_degree, cfg_degree=args.cfg_degree, ulysses_degree=args.ulysses_degree,
-        ring_degree=args.ring_degree, sp_layout=args.sp_layout, world_size=world, collective_timeout_s=args.timeout,
+        ring_degree=args.ring_degree, sp_layout=args.sp_layout, all_to_all=args.all_to_all, v_first=args.v_first,
+        world_size=world, collective_timeout_s=args.timeout,
     )
     if args.ranks_per_node is not None and (args.ranks_per_node < 1 or world % args.ranks_per_node):
         raise ValueError(f"--ranks-per-node {args.ranks_per_node} must be a positive divisor of the world size {world}")
@@ -139,6 +146,14 @@ def generate_rank(args: argparse.Namespace, config: ParallelConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from . import bench
+
+        try:
+            bench.check_args(args)
+        except ValueError as error:
+            parser.exit(2, f"swiftfusion: error: {error}\n")
+        return bench.main(args)
     try:
         config = check_generate_args(args)
     except ValueError as error:

@@ -46,6 +46,8 @@ def _error_of(argv, capsys):
         (["--nproc", "0"], "--nproc must be >= 1, got 0"),
         (["--nproc", "4", "--ulysses-degree", "4", "--sp-layout", "ring"],
          "sp_layout must be one of usp, tas, auto, got 'ring'"),
+        (["--nproc", "4", "--ulysses-degree", "4", "--all-to-all", "tree"],
+         "all_to_all must be one of flat, tapa, got 'tree'"),
         (["--nproc", "2", "--cfg-degree", "2", "--guidance-scale", "1"],
          "cfg_degree 2 runs the guidance branches on two ranks, but guidance_scale=1.0 turns guidance off (it must "
          "be > 1); use cfg_degree 1 or a larger guidance_scale"),

@@ -1,0 +1,172 @@
+"""``swiftfusion bench attention``: one sequence-parallel attention layer under several layouts.
+
+For each layout it starts the ranks (locally, or in the emulated cluster when link flags are given),
+times the layer (median of ``--repeats`` after a warm-up, a barrier around each run), counts the
+bytes it sends per link class (summed over all ranks, one layer) and compares the output with the
+single-process reference. It prints one JSON object per layout on its own line.
+
+Layouts (U×R: Ulysses × Ring degrees; N nodes of M ranks):
+- ``usp``: xDiT's placement, Ulysses inside a node (U=M), Ring across nodes (R=N);
+- ``tas``: the reversed placement, Ulysses across nodes (U=N), Ring inside a node (R=M);
+- ``ulysses``: Ulysses over all ranks (flat all-to-all); ``tapa``: the same with TAPA;
+  ``tapa-vfirst``: TAPA with V's all-to-all started first;
+- ``ring``: Ring over all ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+LAYOUTS = ("usp", "tas", "ulysses", "tapa", "tapa-vfirst", "ring")
+
+
+def layout_options(layout: str, nodes: int, ranks_per_node: int) -> dict:
+    world = nodes * ranks_per_node
+    return {
+        "usp": dict(ulysses_degree=ranks_per_node, ring_degree=nodes, sp_layout="usp"),
+        "tas": dict(ulysses_degree=nodes, ring_degree=ranks_per_node, sp_layout="tas"),
+        "ulysses": dict(ulysses_degree=world),
+        "tapa": dict(ulysses_degree=world, all_to_all="tapa"),
+        "tapa-vfirst": dict(ulysses_degree=world, all_to_all="tapa", v_first=True),
+        "ring": dict(ring_degree=world),
+    }[layout]
+
+
+def add_parser(commands) -> None:
+    bench = commands.add_parser("bench", help="benchmarks", description="Benchmarks.")
+    kinds = bench.add_subparsers(dest="bench", required=True)
+    att = kinds.add_parser("attention", help="one attention layer under several layouts")
+    att.add_argument("--nodes", type=int, default=2)
+    att.add_argument("--ranks-per-node", "--ranks_per_node", type=int, default=2)
+    att.add_argument("--layout", default="usp,tas", help=f"comma-separated, from: {', '.join(LAYOUTS)}")
+    att.add_argument("--seq", type=int, default=4096, help="tokens")
+    att.add_argument("--heads", type=int, default=8)
+    att.add_argument("--head-dim", "--head_dim", type=int, default=64)
+    att.add_argument("--batch", type=int, default=1)
+    att.add_argument("--repeats", type=int, default=5)
+    att.add_argument("--link-gbit", "--link_gbit", type=float,
+                     help="run in the emulated cluster with inter-node links shaped to this rate")
+    att.add_argument("--json", action="store_true", help="JSON lines only (default: also a table)")
+    att.add_argument("--result-file", help=argparse.SUPPRESS)  # worker mode: a rank of one layout
+
+
+def check_args(args: argparse.Namespace) -> list[str]:
+    layouts = [name.strip() for name in args.layout.split(",") if name.strip()]
+    for name in layouts:
+        if name not in LAYOUTS:
+            raise ValueError(f"unknown layout {name!r}; allowed: {', '.join(LAYOUTS)}")
+    for flag in ("nodes", "ranks_per_node", "seq", "heads", "head_dim", "batch", "repeats"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.link_gbit is not None and not args.link_gbit > 0:
+        raise ValueError(f"--link-gbit must be a positive number, got {args.link_gbit}")
+    if not layouts:
+        raise ValueError(f"--layout names no layout; allowed: {', '.join(LAYOUTS)}")
+    return layouts
+
+
+def attention_rank(layout: str, args: argparse.Namespace, result_file: str) -> None:
+    """One rank's share of one layout's measurement; rank 0 writes the result."""
+    import torch
+    import torch.distributed as dist
+
+    from . import comm, runtime
+    from .attention import usp_attention, usp_attention_v_first
+    from .config import ParallelConfig
+    from .mesh import build_mesh
+    from .sequence import SequenceShard
+
+    torch.set_num_threads(1)
+    runtime.init_distributed(120)
+    comm.set_timeout(120)
+    config = ParallelConfig(**layout_options(layout, args.nodes, args.ranks_per_node), collective_timeout_s=120)
+    mesh = build_mesh(config, args.ranks_per_node)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(args.batch, args.heads, args.seq, args.head_dim, generator=g) for _ in range(3))
+    shard = SequenceShard.for_length(args.seq, mesh.sp)
+    key_mask = shard.key_mask(args.batch, q.device)
+    ql, kl, vl = (shard.shard(t, dim=2) for t in (q, k, v))
+
+    def layer() -> torch.Tensor:
+        if config.v_first:
+            return usp_attention_v_first(vl, lambda: (ql, kl), mesh.ulysses, mesh.ring, key_mask)
+        return usp_attention(ql, kl, vl, mesh.ulysses, mesh.ring, key_mask)
+
+    layer()  # warm-up
+    comm.traffic.reset()
+    out = layer()
+    sent = torch.tensor([comm.traffic.bytes["intra"], comm.traffic.bytes["inter"]], dtype=torch.float64)
+    dist.all_reduce(sent)
+    times = []
+    for _ in range(args.repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        layer()
+        dist.barrier()
+        times.append(time.perf_counter() - start)
+    full = shard.gather(out, dim=2)
+    if runtime.rank() == 0:
+        reference = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        error = float((full - reference).abs().max() / reference.abs().max())
+        result = dict(layout=layout, nodes=args.nodes, ranks_per_node=args.ranks_per_node,
+                      ulysses=config.ulysses_degree, ring=config.ring_degree,
+                      layer_ms=round(statistics.median(times) * 1e3, 3),
+                      inter_node_bytes=int(sent[1]), intra_node_bytes=int(sent[0]), max_rel_err=error,
+                      link_gbit=args.link_gbit)
+        with open(result_file, "w") as f:
+            json.dump(result, f)
+
+
+def run_attention(args: argparse.Namespace) -> list[dict]:
+    """Runs every layout, one after another; returns their results in order."""
+    from .emulation import EmulatedCluster
+    from .launch import launch
+
+    layouts = check_args(args)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="swiftfusion-bench-") as scratch:
+        cluster = EmulatedCluster(args.nodes, args.link_gbit) if args.link_gbit is not None else None
+        try:
+            for layout in layouts:
+                path = os.path.join(scratch, f"{layout}.json")
+                if cluster is None:
+                    launch(attention_rank, (layout, args, path), nproc=args.nodes * args.ranks_per_node)
+                else:
+                    worker = ["-m", "swiftfusion", "bench", "attention", *_worker_flags(args, layout, path)]
+                    cluster.torchrun(args.ranks_per_node, worker)
+                with open(path) as f:
+                    results.append(json.load(f))
+        finally:
+            if cluster is not None:
+                cluster.close()
+    return results
+
+
+def _worker_flags(args: argparse.Namespace, layout: str, path: str) -> list[str]:
+    return ["--nodes", str(args.nodes), "--ranks-per-node", str(args.ranks_per_node), "--layout", layout,
+            "--seq", str(args.seq), "--heads", str(args.heads), "--head-dim", str(args.head_dim),
+            "--batch", str(args.batch), "--repeats", str(args.repeats), "--link-gbit", str(args.link_gbit),
+            "--result-file", path]
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.result_file is not None:  # a rank started by torchrun inside the emulated cluster
+        from .runtime import run_rank_main
+
+        run_rank_main(attention_rank, args.layout, args, args.result_file)
+        return 0
+    results = run_attention(args)
+    for result in results:
+        print(json.dumps(result), flush=True)
+    if not args.json:
+        print("\n| layout | U×R | layer ms | inter-node bytes | intra-node bytes | max rel err |")
+        print("|---|---|---|---|---|---|")
+        for r in results:
+            print(f"| {r['layout']} | {r['ulysses']}×{r['ring']} | {r['layer_ms']:.2f} | {r['inter_node_bytes']:,} "
+                  f"| {r['intra_node_bytes']:,} | {r['max_rel_err']:.1e} |")
+    return 0

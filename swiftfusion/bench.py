@@ -9,7 +9,7 @@ Layouts (U×R: Ulysses × Ring degrees; N nodes of M ranks):
 - ``usp``: xDiT's placement, Ulysses inside a node (U=M), Ring across nodes (R=N);
 - ``tas``: the reversed placement, Ulysses across nodes (U=N), Ring inside a node (R=M);
 - ``ulysses``: Ulysses over all ranks (flat all-to-all); ``tapa``: the same with TAPA;
-  ``tapa-vfirst``: TAPA with V's all-to-all started first;
+  ``tapa-vfirst``: TAPA with V's all-to-all started first; ``torus``: Torus attention over all ranks;
 - ``ring``: Ring over all ranks.
 """
 
@@ -22,7 +22,7 @@ import statistics
 import tempfile
 import time
 
-LAYOUTS = ("usp", "tas", "ulysses", "tapa", "tapa-vfirst", "ring")
+LAYOUTS = ("usp", "tas", "ulysses", "tapa", "tapa-vfirst", "torus", "ring")
 
 
 def layout_options(layout: str, nodes: int, ranks_per_node: int) -> dict:
@@ -33,6 +33,7 @@ def layout_options(layout: str, nodes: int, ranks_per_node: int) -> dict:
         "ulysses": dict(ulysses_degree=world),
         "tapa": dict(ulysses_degree=world, all_to_all="tapa"),
         "tapa-vfirst": dict(ulysses_degree=world, all_to_all="tapa", v_first=True),
+        "torus": dict(ulysses_degree=world, sp_algorithm="torus"),
         "ring": dict(ring_degree=world),
     }[layout]
 
@@ -76,7 +77,7 @@ def attention_rank(layout: str, args: argparse.Namespace, result_file: str) -> N
     import torch.distributed as dist
 
     from . import comm, runtime
-    from .attention import usp_attention, usp_attention_v_first
+    from .attention import torus_attention, usp_attention, usp_attention_v_first
     from .config import ParallelConfig
     from .mesh import build_mesh
     from .sequence import SequenceShard
@@ -93,6 +94,8 @@ def attention_rank(layout: str, args: argparse.Namespace, result_file: str) -> N
     ql, kl, vl = (shard.shard(t, dim=2) for t in (q, k, v))
 
     def layer() -> torch.Tensor:
+        if config.sp_algorithm == "torus":
+            return torus_attention(ql, kl, vl, mesh.ulysses, key_mask)
         if config.v_first:
             return usp_attention_v_first(vl, lambda: (ql, kl), mesh.ulysses, mesh.ring, key_mask)
         return usp_attention(ql, kl, vl, mesh.ulysses, mesh.ring, key_mask)

@@ -208,6 +208,20 @@ def ring_shift(x: torch.Tensor, group: Group) -> Pending:
     return Pending(dist.batch_isend_irecv(ops), received)
 
 
+def send_recv(x: torch.Tensor | None, to_index: int | None, into: torch.Tensor | None,
+              from_index: int | None, group: Group) -> Pending:
+    """Sends ``x`` to member ``to_index`` and receives member ``from_index``'s tensor into
+    ``into`` (either side may be None); returns at once, ``wait()`` gives ``into``."""
+    ops = []
+    if x is not None:
+        x = x.contiguous()
+        traffic.add(group, to_index, x.numel() * x.element_size())
+        ops.append(dist.P2POp(dist.isend, x, group.ranks[to_index], group.process_group))
+    if into is not None:
+        ops.append(dist.P2POp(dist.irecv, into, group.ranks[from_index], group.process_group))
+    return Pending(dist.batch_isend_irecv(ops) if ops else [], into)
+
+
 def all_gather(x: torch.Tensor, group: Group, dim: int = 0) -> torch.Tensor:
     """Concatenates every member's ``x`` (same shape on all) along ``dim``, in group order."""
     if group.size == 1:

@@ -13,6 +13,7 @@ DEGREE_NAMES = ("data_degree", "cfg_degree", "pipefusion_degree", "ulysses_degre
 CFG_DEGREES = (1, 2)
 SP_LAYOUTS = ("usp", "tas", "auto")
 ALL_TO_ALL = ("flat", "tapa")
+SP_ALGORITHMS = ("usp", "torus")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class ParallelConfig:
     - ``all_to_all``: ``"flat"`` (one collective) or ``"tapa"`` (CoCoDiff's topology-aligned
       phases: inside nodes, then between nodes; exact, fewer and larger inter-node messages) for
       Ulysses groups that span nodes.
+    - ``sp_algorithm``: ``"usp"`` (Ulysses all-to-all, then Ring) or ``"torus"`` (StreamFusion's
+      Torus attention over the Ulysses group: Pull-Q / Pull-KV / Push-O transfers overlapped with
+      tile compute; needs ``ring_degree == 1``).
     - ``v_first``: start V's all-to-all before Q and K are projected, normalised and rotated
       (CoCoDiff's V-First; exact).
     - ``world_size``: optional; when given, the product of the degrees must equal it.
@@ -46,6 +50,7 @@ class ParallelConfig:
     ring_degree: int = 1
     sp_layout: str = "usp"
     all_to_all: str = "flat"
+    sp_algorithm: str = "usp"
     v_first: bool = False
     world_size: int | None = None
     collective_timeout_s: float = 300.0
@@ -68,6 +73,12 @@ class ParallelConfig:
             raise ValueError(f"sp_layout must be one of {', '.join(SP_LAYOUTS)}, got {self.sp_layout!r}")
         if self.all_to_all not in ALL_TO_ALL:
             raise ValueError(f"all_to_all must be one of {', '.join(ALL_TO_ALL)}, got {self.all_to_all!r}")
+        if self.sp_algorithm not in SP_ALGORITHMS:
+            raise ValueError(f"sp_algorithm must be one of {', '.join(SP_ALGORITHMS)}, got {self.sp_algorithm!r}")
+        if self.sp_algorithm == "torus" and self.ring_degree != 1:
+            raise ValueError(
+                f"sp_algorithm='torus' runs over the Ulysses group; ring_degree must be 1, got {self.ring_degree}"
+            )
         if not isinstance(self.v_first, bool):
             raise ValueError(f"v_first must be True or False, got {self.v_first!r}")
         timeout = self.collective_timeout_s

@@ -38,7 +38,7 @@ def _expected_bytes(layout):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("link", [[], ["--link-gbit", "1"]], ids=["loopback", "emulated-1gbit"])
 def test_bench_attention_is_exact_and_counts_bytes(link):
-    layouts = ["usp", "tas", "tapa", "tapa-vfirst"]
+    layouts = ["usp", "tas", "tapa", "tapa-vfirst", "torus"]
     before = _namespaces()
     results = _bench("--layout", ",".join(layouts), "--repeats", "2", *link)
     assert [r["layout"] for r in results] == layouts
@@ -76,7 +76,7 @@ def test_bench_bad_input_is_named(capsys):
         cli.main(["bench", "attention", "--layout", "usp,torus9"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "swiftfusion: error: unknown layout 'torus9'; allowed: usp, tas, ulysses, tapa, tapa-vfirst, ring"
+        "swiftfusion: error: unknown layout 'torus9'; allowed: usp, tas, ulysses, tapa, tapa-vfirst, torus, ring"
     )
     with pytest.raises(ValueError, match=re.escape("link_gbit must be a positive number, got 0")):
         EmulatedCluster(2, 0)

@@ -7,7 +7,7 @@ import torch
 from reference import max_rel_err, sdpa_reference
 
 from swiftfusion import ParallelConfig, comm
-from swiftfusion.attention import usp_attention
+from swiftfusion.attention import torus_attention, usp_attention
 from swiftfusion.mesh import build_mesh
 from swiftfusion.sequence import SequenceShard
 
@@ -16,10 +16,11 @@ HEADS = (4, 3, 5)  # 3 and 5 do not divide by 2 or 4 (with Ulysses 4 and 3 heads
 SEQS = (16, 13, 7)  # 13 and 7 do not divide by 2, 4 or 8
 
 
-def _mesh(ulysses, ring, world, ranks_per_node=None, layout="usp", all_to_all="flat"):
+def _mesh(ulysses, ring, world, ranks_per_node=None, layout="usp", all_to_all="flat", algorithm="usp"):
     sp = ulysses * ring
     config = ParallelConfig(data_degree=world // sp, ulysses_degree=ulysses, ring_degree=ring,
-                            sp_layout=layout, all_to_all=all_to_all, collective_timeout_s=30)
+                            sp_layout=layout, all_to_all=all_to_all, sp_algorithm=algorithm,
+                            collective_timeout_s=30)
     return build_mesh(config, ranks_per_node)
 
 
@@ -36,12 +37,15 @@ def _sp_forward(mesh, q, k, v, mask):
     shard = SequenceShard.for_length(q.shape[2], mesh.sp)
     key_mask = shard.key_mask(q.shape[0], q.device, mask)
     local = [shard.shard(t, dim=2) for t in (q, k, v)]
-    out = usp_attention(*local, mesh.ulysses, mesh.ring, key_mask)
+    if mesh.config.sp_algorithm == "torus":
+        out = torus_attention(*local, mesh.ulysses, key_mask)
+    else:
+        out = usp_attention(*local, mesh.ulysses, mesh.ring, key_mask)
     return shard.gather(out, dim=2)
 
 
-def exactness_case(ulysses, ring, world, layout="usp", all_to_all="flat", ranks_per_node=None):
-    mesh = _mesh(ulysses, ring, world, ranks_per_node, layout, all_to_all)
+def exactness_case(ulysses, ring, world, layout="usp", all_to_all="flat", ranks_per_node=None, algorithm="usp"):
+    mesh = _mesh(ulysses, ring, world, ranks_per_node, layout, all_to_all, algorithm)
     errors = {}
     for heads, seq, masked in itertools.product(HEADS, SEQS, (False, True)):
         # Each data group gets its own inputs: groups run side by side without mixing.

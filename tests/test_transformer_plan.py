@@ -56,15 +56,23 @@ def options_case(folder, options):
     t, y = torch.tensor([10.0, 700.0]), torch.tensor([1, 4])
     with torch.no_grad():
         expected = model(x, t, y).sample
-        config = ParallelConfig(ulysses_degree=2, ring_degree=2, collective_timeout_s=30, **options)
+        config = ParallelConfig(collective_timeout_s=30, **options)
         parallelize(model, config, ranks_per_node=2)
         with comm.events.capture() as log:
             actual = model(x, t, y).sample
     return max_rel_err(actual, expected), [name for name, _ in log if name.startswith("v_first")]
 
 
-@pytest.mark.parametrize("options", [dict(v_first=True), dict(v_first=True, sp_layout="tas", all_to_all="tapa"),
-                                     dict(sp_layout="tas")], ids=["v_first", "v_first-tas-tapa", "tas"])
+USP = dict(ulysses_degree=2, ring_degree=2)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(**USP, v_first=True), dict(**USP, sp_layout="tas"), dict(ulysses_degree=4, sp_algorithm="torus"),
+     # Ulysses over both nodes (2 ranks each), so TAPA's two phases really run:
+     dict(ulysses_degree=4, all_to_all="tapa", v_first=True), dict(ulysses_degree=4, all_to_all="tapa")],
+    ids=["v_first", "tas", "torus", "tapa-v_first", "tapa"],
+)
 def test_options_keep_the_model_exact(worlds, tiny_dit_folder, options):
     for error, v_first_events in worlds.get(4).run(options_case, tiny_dit_folder, options):
         assert error <= 1e-4

@@ -8,12 +8,14 @@ from .sequence_parallel import (
     usp_attention,
     usp_attention_v_first,
 )
+from .torus import torus_attention
 
 __all__ = [
     "head_splits",
     "local_attention",
     "merge_partials",
     "ring_attention",
+    "torus_attention",
     "ulysses_attention",
     "usp_attention",
     "usp_attention_v_first",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention import usp_attention, usp_attention_v_first
+from ..attention import torus_attention, usp_attention, usp_attention_v_first
 from ..mesh import ParallelMesh
 from ..sequence import SequenceShard
 
@@ -73,7 +73,9 @@ class SequenceParallelAttnProcessor:
 
         mesh = self.mesh
         v = heads_first(attn.to_v(hidden_states))
-        if mesh.config.v_first:
+        if mesh.config.sp_algorithm == "torus":
+            out = torus_attention(*project_qk(), v, mesh.ulysses, self.state.key_mask)
+        elif mesh.config.v_first:
             out = usp_attention_v_first(v, project_qk, mesh.ulysses, mesh.ring, self.state.key_mask)
         else:
             out = usp_attention(*project_qk(), v, mesh.ulysses, mesh.ring, self.state.key_mask)

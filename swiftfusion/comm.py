@@ -8,6 +8,7 @@ that communication is overlapped with compute. Knows nothing about attention.
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -112,7 +113,7 @@ def all_to_all(
     if group.size == 1:
         out.copy_(x)
         return Pending([], out)
-    row_bytes = x[0].numel() * x.element_size() if x.shape[0] else 0
+    row_bytes = math.prod(x.shape[1:]) * x.element_size()
     for peer, rows in enumerate(input_splits):
         traffic.add(group, peer, rows * row_bytes)
     order = group.backend_order
@@ -145,8 +146,19 @@ def exchange(x: torch.Tensor, group: Group, rows: SplitMatrix) -> Pending:
     and cross-node subgroups, else as one flat all-to-all. Starts it and returns at once."""
     if group.node_local is not None and group.cross_node is not None:
         return tapa_all_to_all(x, group, rows)
+    if group.one_sided is not None:
+        return _one_sided(x, group, rows)
     me = group.index
     return all_to_all(x, group, list(rows[me]), [rows[i][me] for i in range(group.size)])
+
+
+def _one_sided(x: torch.Tensor, group: Group, rows: SplitMatrix) -> Pending:
+    """Puts now (shared-memory writes); ``wait()`` waits for the peers' flags and copies out."""
+    row_bytes = math.prod(x.shape[1:]) * x.element_size()
+    for peer in range(group.size):
+        traffic.add(group, peer, rows[group.index][peer] * row_bytes)
+    finish = group.one_sided.start(x, [list(r) for r in rows])
+    return Pending([], x).then(lambda _: finish())
 
 
 def tapa_all_to_all(x: torch.Tensor, group: Group, rows: SplitMatrix) -> Pending:
@@ -166,10 +178,11 @@ def tapa_all_to_all(x: torch.Tensor, group: Group, rows: SplitMatrix) -> Pending
     chunks = dict(zip(range(group.size), x.split([rows[me][j] for j in range(group.size)]), strict=True))
 
     # Phase 1 (intra-node): to local peer m', my chunks for (n'', m') for every n''.
+    # Node-local member m sends m2 everything it holds for local index m2 (one-sided if so built).
     send = [chunks[member[n][m]] for m in range(local.size) for n in range(cross.size)]
-    in_splits = [sum(rows[me][member[n][m]] for n in range(cross.size)) for m in range(local.size)]
-    out_splits = [sum(rows[member[n_me][m]][member[n][m_me]] for n in range(cross.size)) for m in range(local.size)]
-    phase_one = all_to_all(torch.cat(send), local, in_splits, out_splits)
+    local_rows = [[sum(rows[member[n_me][m]][member[n][m2]] for n in range(cross.size)) for m2 in range(local.size)]
+                  for m in range(local.size)]
+    phase_one = exchange(torch.cat(send), local, local_rows)
 
     def phase_two(got: torch.Tensor) -> torch.Tensor:
         # ``got`` holds, per local source m, per node n'': the chunk (n_me, m) -> (n'', m_me).
@@ -196,6 +209,10 @@ def _member_rank(group: Group, cross_index: int, local_index: int) -> int:
 
 def ring_shift(x: torch.Tensor, group: Group) -> Pending:
     """Sends ``x`` to the next member and receives the previous member's tensor (same shape)."""
+    if group.one_sided is not None:
+        n = x.shape[0]
+        rows = [[n if j == (i + 1) % group.size else 0 for j in range(group.size)] for i in range(group.size)]
+        return _one_sided(x, group, rows)
     x = x.contiguous()
     received = torch.empty_like(x)
     nxt = (group.index + 1) % group.size

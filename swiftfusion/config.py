@@ -14,6 +14,7 @@ CFG_DEGREES = (1, 2)
 SP_LAYOUTS = ("usp", "tas", "auto")
 ALL_TO_ALL = ("flat", "tapa")
 SP_ALGORITHMS = ("usp", "torus")
+TRANSPORTS = ("collective", "one_sided")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class ParallelConfig:
     - ``sp_algorithm``: ``"usp"`` (Ulysses all-to-all, then Ring) or ``"torus"`` (StreamFusion's
       Torus attention over the Ulysses group: Pull-Q / Pull-KV / Push-O transfers overlapped with
       tile compute; needs ``ring_degree == 1``).
+    - ``transport``: ``"collective"`` (torch.distributed) or ``"one_sided"``: groups inside one
+      node put their data straight into each other's shared-memory buffers and signal with flags
+      (CPU; the CUDA symmetric-memory path is not written yet); traffic between nodes stays
+      collective.
     - ``v_first``: start V's all-to-all before Q and K are projected, normalised and rotated
       (CoCoDiff's V-First; exact).
     - ``world_size``: optional; when given, the product of the degrees must equal it.
@@ -51,6 +56,7 @@ class ParallelConfig:
     sp_layout: str = "usp"
     all_to_all: str = "flat"
     sp_algorithm: str = "usp"
+    transport: str = "collective"
     v_first: bool = False
     world_size: int | None = None
     collective_timeout_s: float = 300.0
@@ -79,6 +85,8 @@ class ParallelConfig:
             raise ValueError(
                 f"sp_algorithm='torus' runs over the Ulysses group; ring_degree must be 1, got {self.ring_degree}"
             )
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
         if not isinstance(self.v_first, bool):
             raise ValueError(f"v_first must be True or False, got {self.v_first!r}")
         timeout = self.collective_timeout_s

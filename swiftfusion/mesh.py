@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch.distributed as dist
 
@@ -46,6 +46,8 @@ class Group:
     # For TAPA: this member's node-local subgroup and its same-local-index subgroup across nodes.
     node_local: Group | None = None
     cross_node: Group | None = None
+    # One-sided transport (shared-memory puts) when the whole group is inside one node.
+    one_sided: object | None = field(default=None, compare=False)
 
     @property
     def size(self) -> int:
@@ -147,7 +149,15 @@ def build_mesh(config: ParallelConfig, ranks_per_node: int | None = None, layout
         """Creates the process group (every rank must call this for every group, in the same
         order: torch.distributed's rule) and returns this rank's view of it, if a member."""
         pg = dist.new_group(list(members), timeout=timeout) if len(members) > 1 and world > 1 else None
-        return Group(members, members.index(me), topology, pg) if me in members else None
+        if me not in members:
+            return None
+        group = Group(members, members.index(me), topology, pg)
+        if config.transport == "one_sided" and pg is not None and len(split_by_node(members, topology)) == 1:
+            from .one_sided import SharedMemoryTransport
+
+            group = replace(group, one_sided=SharedMemoryTransport(members, group.index, pg,
+                                                                   config.collective_timeout_s))
+        return group
 
     def group_along(axes: tuple[str, ...]) -> Group:
         mine = [g for g in map(make, placement.groups(axes)) if g is not None]
@@ -173,7 +183,7 @@ def build_mesh(config: ParallelConfig, ranks_per_node: int | None = None, layout
                 cross_node = make(same_local_index) or cross_node
         if node_local is None or cross_node is None:
             return mine
-        return Group(mine.ranks, mine.index, topology, mine.process_group, node_local, cross_node)
+        return replace(mine, node_local=node_local, cross_node=cross_node)
 
     mesh = ParallelMesh(
         config=config,

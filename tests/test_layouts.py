@@ -30,12 +30,12 @@ def test_unknown_layout_is_named():
 
 @pytest.mark.parametrize("world,ulysses,ring", [(4, 2, 2), (8, 2, 2), (8, 4, 2), (8, 2, 4)])
 def test_tas_matches_single_process(worlds, world, ulysses, ring):
-    for errors in worlds.get(world).run(exactness_case, ulysses, ring, world, "tas"):
+    for errors in worlds.get(world).run(exactness_case, ulysses, ring, world, None, dict(sp_layout="tas")):
         assert max(errors.values()) <= 1e-4, errors
 
 
 def counted_case(ulysses, ring, world, ranks_per_node, layout, heads, seq, all_to_all):
-    mesh = _mesh(ulysses, ring, world, ranks_per_node, layout, all_to_all)
+    mesh = _mesh(ulysses, ring, world, ranks_per_node, sp_layout=layout, all_to_all=all_to_all)
     q, k, v, _ = _inputs(heads, seq, False, seed=2)
     shard = SequenceShard.for_length(seq, mesh.sp)
     local = [shard.shard(t, dim=2) for t in (q, k, v)]
@@ -96,7 +96,7 @@ def test_auto_layout_picks_tas_on_four_nodes(worlds, tiny_dit_folder):
 
 
 def interleaved_exchange_case():
-    mesh = _mesh(2, 2, 4, 2, "tas")  # sp group members in order (0, 2, 1, 3): not sorted
+    mesh = _mesh(2, 2, 4, 2, sp_layout="tas")  # sp group members in order (0, 2, 1, 3): not sorted
     me = mesh.sp.index
     # Member i sends i+1 rows to member j, each row holding (sender, receiver).
     rows = torch.cat([torch.tensor([[me, j]] * (j + 1)) for j in range(4)])

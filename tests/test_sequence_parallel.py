@@ -16,11 +16,12 @@ HEADS = (4, 3, 5)  # 3 and 5 do not divide by 2 or 4 (with Ulysses 4 and 3 heads
 SEQS = (16, 13, 7)  # 13 and 7 do not divide by 2, 4 or 8
 
 
-def _mesh(ulysses, ring, world, ranks_per_node=None, layout="usp", all_to_all="flat", algorithm="usp"):
+def _mesh(ulysses, ring, world, ranks_per_node=None, **options):
+    """The mesh for U × R sequence parallelism, data parallel over the rest of the world;
+    ``options``: further ParallelConfig fields (sp_layout, all_to_all, transport, ...)."""
     sp = ulysses * ring
     config = ParallelConfig(data_degree=world // sp, ulysses_degree=ulysses, ring_degree=ring,
-                            sp_layout=layout, all_to_all=all_to_all, sp_algorithm=algorithm,
-                            collective_timeout_s=30)
+                            collective_timeout_s=30, **options)
     return build_mesh(config, ranks_per_node)
 
 
@@ -44,8 +45,8 @@ def _sp_forward(mesh, q, k, v, mask):
     return shard.gather(out, dim=2)
 
 
-def exactness_case(ulysses, ring, world, layout="usp", all_to_all="flat", ranks_per_node=None, algorithm="usp"):
-    mesh = _mesh(ulysses, ring, world, ranks_per_node, layout, all_to_all, algorithm)
+def exactness_case(ulysses, ring, world, ranks_per_node=None, options=None):
+    mesh = _mesh(ulysses, ring, world, ranks_per_node, **(options or {}))
     errors = {}
     for heads, seq, masked in itertools.product(HEADS, SEQS, (False, True)):
         # Each data group gets its own inputs: groups run side by side without mixing.

@@ -9,7 +9,7 @@ from swiftfusion import comm
 
 
 def exchange_case(world, ulysses, ring, ranks_per_node, layout):
-    mesh = _mesh(ulysses, ring, world, ranks_per_node, layout, "tapa")
+    mesh = _mesh(ulysses, ring, world, ranks_per_node, sp_layout=layout, all_to_all="tapa")
     group = mesh.ulysses
     size = group.size
     g = torch.Generator().manual_seed(1)
@@ -33,7 +33,7 @@ def test_phased_exchange_equals_flat(worlds, world, ulysses, ring, ranks_per_nod
 
 
 def traffic_case(world, ranks_per_node, all_to_all):
-    mesh = _mesh(world, 1, world, ranks_per_node, "usp", all_to_all)
+    mesh = _mesh(world, 1, world, ranks_per_node, all_to_all=all_to_all)
     x = torch.randn(world * 4, 16)
     comm.traffic.reset()
     comm.exchange(x, mesh.ulysses, [[4] * world] * world).wait()
@@ -56,7 +56,7 @@ def test_same_inter_bytes_in_fewer_messages(worlds, world, ranks_per_node):
 
 @pytest.mark.parametrize("world,ulysses,ring,ranks_per_node", [(4, 4, 1, 2), (8, 8, 1, 2), (8, 4, 2, 2)])
 def test_attention_with_tapa_matches_single_process(worlds, world, ulysses, ring, ranks_per_node):
-    for errors in worlds.get(world).run(exactness_case, ulysses, ring, world, "usp", "tapa", ranks_per_node):
+    for errors in worlds.get(world).run(exactness_case, ulysses, ring, world, ranks_per_node, dict(all_to_all="tapa")):
         assert max(errors.values()) <= 1e-4, errors
 
 

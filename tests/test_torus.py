@@ -11,12 +11,12 @@ from swiftfusion.sequence import SequenceShard
 
 @pytest.mark.parametrize("world,ulysses", [(2, 2), (4, 4), (4, 2), (8, 8)])
 def test_matches_single_process(worlds, world, ulysses):
-    for errors in worlds.get(world).run(exactness_case, ulysses, 1, world, "usp", "flat", None, "torus"):
+    for errors in worlds.get(world).run(exactness_case, ulysses, 1, world, None, dict(sp_algorithm="torus")):
         assert max(errors.values()) <= 1e-4, errors
 
 
 def schedule_case(world):
-    mesh = _mesh(world, 1, world, algorithm="torus")
+    mesh = _mesh(world, 1, world, sp_algorithm="torus")
     q, k, v, _ = _inputs(4, 32, False, seed=4)
     shard = SequenceShard.for_length(32, mesh.sp)
     local = [shard.shard(t, dim=2) for t in (q, k, v)]

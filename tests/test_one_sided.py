@@ -1,0 +1,60 @@
+"""The one-sided transport: shared-memory puts and flags between the ranks of one node, exact,
+counted like the collective transport, and leaving no shared memory behind."""
+
+import os
+
+import pytest
+import torch
+from test_sequence_parallel import _mesh, exactness_case
+
+from swiftfusion import comm
+
+
+@pytest.mark.parametrize(
+    "world,ulysses,ring,ranks_per_node,options",
+    [
+        (2, 2, 1, None, {}), (4, 4, 1, None, {}), (4, 1, 4, None, {}), (4, 2, 2, None, {}),
+        (4, 2, 2, None, dict(v_first=True)),
+        (4, 2, 2, 2, {}),  # Ulysses inside the nodes (one-sided), Ring across (collective)
+        (4, 4, 1, 2, dict(all_to_all="tapa")),  # TAPA: phase 1 one-sided, phase 2 collective
+        (8, 4, 2, 4, dict(sp_layout="tas")),  # Ring inside the nodes (one-sided), Ulysses across
+    ],
+)
+def test_matches_single_process(worlds, world, ulysses, ring, ranks_per_node, options):
+    options = dict(options, transport="one_sided")
+    for errors in worlds.get(world).run(exactness_case, ulysses, ring, world, ranks_per_node, options):
+        assert max(errors.values()) <= 1e-4, errors
+
+
+def repeated_exchange_case():
+    mesh = _mesh(4, 1, 4, transport="one_sided")
+    group = mesh.ulysses
+    assert group.one_sided is not None
+    g = torch.Generator().manual_seed(3)
+    me = group.index
+    results = []
+    for width in (2, 2, 50, 3, 4000, 1):  # growing and shrinking messages: capacity grows
+        rows = torch.randint(0, 5, (4, 4), generator=g).tolist()
+        x = torch.cat([torch.full((rows[me][j], width), 1000.0 * me + j) for j in range(4)])
+        comm.traffic.reset()
+        put = comm.exchange(x, group, rows).wait()
+        counted = comm.traffic.snapshot()
+        expected = comm.all_to_all(x, group, rows[me], [rows[i][me] for i in range(4)]).wait()
+        results.append((torch.equal(put, expected), counted["intra"] == (x.numel() - rows[me][me] * width) * 4))
+    segment = group.one_sided.own.path
+    return results, segment
+
+
+def test_repeated_exchanges_equal_the_collective_and_clean_up(worlds):
+    for results, segment in worlds.get(4).run(repeated_exchange_case):
+        assert results == [(True, True)] * 6
+        # Unlinked as soon as every member had mapped it: nothing is left even if a rank is killed.
+        assert segment.startswith("/dev/shm/swiftfusion-") and not os.path.exists(segment)
+
+
+def test_groups_across_nodes_stay_collective():
+    from swiftfusion import ParallelConfig
+
+    assert ParallelConfig(transport="one_sided").transport == "one_sided"
+    with pytest.raises(ValueError, match="transport must be one of collective, one_sided, got 'rdma'"):
+        ParallelConfig(transport="rdma")

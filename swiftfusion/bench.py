@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import time
 
+TRANSPORTS = ("collective", "one_sided")
 LAYOUTS = ("usp", "tas", "ulysses", "tapa", "tapa-vfirst", "torus", "ring")
 
 
@@ -45,6 +46,8 @@ def add_parser(commands) -> None:
     att.add_argument("--nodes", type=int, default=2)
     att.add_argument("--ranks-per-node", "--ranks_per_node", type=int, default=2)
     att.add_argument("--layout", default="usp,tas", help=f"comma-separated, from: {', '.join(LAYOUTS)}")
+    att.add_argument("--transport", default="collective",
+                     help="comma-separated, from: collective, one_sided (each layout runs with each)")
     att.add_argument("--seq", type=int, default=4096, help="tokens")
     att.add_argument("--heads", type=int, default=8)
     att.add_argument("--head-dim", "--head_dim", type=int, default=64)
@@ -56,22 +59,29 @@ def add_parser(commands) -> None:
     att.add_argument("--result-file", help=argparse.SUPPRESS)  # worker mode: a rank of one layout
 
 
-def check_args(args: argparse.Namespace) -> list[str]:
-    layouts = [name.strip() for name in args.layout.split(",") if name.strip()]
-    for name in layouts:
-        if name not in LAYOUTS:
-            raise ValueError(f"unknown layout {name!r}; allowed: {', '.join(LAYOUTS)}")
+def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ValueError(f"--{what} names nothing; allowed: {', '.join(allowed)}")
+    for name in names:
+        if name not in allowed:
+            raise ValueError(f"unknown {what} {name!r}; allowed: {', '.join(allowed)}")
+    return names
+
+
+def check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """Validates everything; returns the (layout, transport) pairs to run, in order."""
+    layouts = _names(args.layout, LAYOUTS, "layout")
+    transports = _names(args.transport, TRANSPORTS, "transport")
     for flag in ("nodes", "ranks_per_node", "seq", "heads", "head_dim", "batch", "repeats"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.link_gbit is not None and not args.link_gbit > 0:
         raise ValueError(f"--link-gbit must be a positive number, got {args.link_gbit}")
-    if not layouts:
-        raise ValueError(f"--layout names no layout; allowed: {', '.join(LAYOUTS)}")
-    return layouts
+    return [(layout, transport) for layout in layouts for transport in transports]
 
 
-def attention_rank(layout: str, args: argparse.Namespace, result_file: str) -> None:
+def attention_rank(layout: str, transport: str, args: argparse.Namespace, result_file: str) -> None:
     """One rank's share of one layout's measurement; rank 0 writes the result."""
     import torch
     import torch.distributed as dist
@@ -85,7 +95,8 @@ def attention_rank(layout: str, args: argparse.Namespace, result_file: str) -> N
     torch.set_num_threads(1)
     runtime.init_distributed(120)
     comm.set_timeout(120)
-    config = ParallelConfig(**layout_options(layout, args.nodes, args.ranks_per_node), collective_timeout_s=120)
+    config = ParallelConfig(**layout_options(layout, args.nodes, args.ranks_per_node), transport=transport,
+                            collective_timeout_s=120)
     mesh = build_mesh(config, args.ranks_per_node)
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(args.batch, args.heads, args.seq, args.head_dim, generator=g) for _ in range(3))
@@ -116,7 +127,7 @@ def attention_rank(layout: str, args: argparse.Namespace, result_file: str) -> N
     if runtime.rank() == 0:
         reference = torch.nn.functional.scaled_dot_product_attention(q, k, v)
         error = float((full - reference).abs().max() / reference.abs().max())
-        result = dict(layout=layout, nodes=args.nodes, ranks_per_node=args.ranks_per_node,
+        result = dict(layout=layout, transport=transport, nodes=args.nodes, ranks_per_node=args.ranks_per_node,
                       ulysses=config.ulysses_degree, ring=config.ring_degree,
                       layer_ms=round(statistics.median(times) * 1e3, 3),
                       inter_node_bytes=int(sent[1]), intra_node_bytes=int(sent[0]), max_rel_err=error,
@@ -130,17 +141,18 @@ def run_attention(args: argparse.Namespace) -> list[dict]:
     from .emulation import EmulatedCluster
     from .launch import launch
 
-    layouts = check_args(args)
+    runs = check_args(args)
     results = []
     with tempfile.TemporaryDirectory(prefix="swiftfusion-bench-") as scratch:
         cluster = EmulatedCluster(args.nodes, args.link_gbit) if args.link_gbit is not None else None
         try:
-            for layout in layouts:
-                path = os.path.join(scratch, f"{layout}.json")
+            for layout, transport in runs:
+                path = os.path.join(scratch, f"{layout}-{transport}.json")
                 if cluster is None:
-                    launch(attention_rank, (layout, args, path), nproc=args.nodes * args.ranks_per_node)
+                    launch(attention_rank, (layout, transport, args, path), nproc=args.nodes * args.ranks_per_node)
                 else:
-                    worker = ["-m", "swiftfusion", "bench", "attention", *_worker_flags(args, layout, path)]
+                    flags = _worker_flags(args, layout, transport, path)
+                    worker = ["-m", "swiftfusion", "bench", "attention", *flags]
                     cluster.torchrun(args.ranks_per_node, worker)
                 with open(path) as f:
                     results.append(json.load(f))
@@ -150,8 +162,9 @@ def run_attention(args: argparse.Namespace) -> list[dict]:
     return results
 
 
-def _worker_flags(args: argparse.Namespace, layout: str, path: str) -> list[str]:
+def _worker_flags(args: argparse.Namespace, layout: str, transport: str, path: str) -> list[str]:
     return ["--nodes", str(args.nodes), "--ranks-per-node", str(args.ranks_per_node), "--layout", layout,
+            "--transport", transport,
             "--seq", str(args.seq), "--heads", str(args.heads), "--head-dim", str(args.head_dim),
             "--batch", str(args.batch), "--repeats", str(args.repeats), "--link-gbit", str(args.link_gbit),
             "--result-file", path]
@@ -161,15 +174,15 @@ def main(args: argparse.Namespace) -> int:
     if args.result_file is not None:  # a rank started by torchrun inside the emulated cluster
         from .runtime import run_rank_main
 
-        run_rank_main(attention_rank, args.layout, args, args.result_file)
+        run_rank_main(attention_rank, args.layout, args.transport, args, args.result_file)
         return 0
     results = run_attention(args)
     for result in results:
         print(json.dumps(result), flush=True)
     if not args.json:
-        print("\n| layout | U×R | layer ms | inter-node bytes | intra-node bytes | max rel err |")
-        print("|---|---|---|---|---|---|")
+        print("\n| layout | transport | U×R | layer ms | inter-node bytes | intra-node bytes | max rel err |")
+        print("|---|---|---|---|---|---|---|")
         for r in results:
-            print(f"| {r['layout']} | {r['ulysses']}×{r['ring']} | {r['layer_ms']:.2f} | {r['inter_node_bytes']:,} "
-                  f"| {r['intra_node_bytes']:,} | {r['max_rel_err']:.1e} |")
+            print(f"| {r['layout']} | {r['transport']} | {r['ulysses']}×{r['ring']} | {r['layer_ms']:.2f} "
+                  f"| {r['inter_node_bytes']:,} | {r['intra_node_bytes']:,} | {r['max_rel_err']:.1e} |")
     return 0

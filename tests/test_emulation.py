@@ -40,8 +40,9 @@ def _expected_bytes(layout):
 def test_bench_attention_is_exact_and_counts_bytes(link):
     layouts = ["usp", "tas", "tapa", "tapa-vfirst", "torus"]
     before = _namespaces()
-    results = _bench("--layout", ",".join(layouts), "--repeats", "2", *link)
-    assert [r["layout"] for r in results] == layouts
+    results = _bench("--layout", ",".join(layouts), "--transport", "collective,one_sided", "--repeats", "2", *link)
+    assert [(r["layout"], r["transport"]) for r in results] == [(x, t) for x in layouts
+                                                               for t in ("collective", "one_sided")]
     for r in results:
         assert set(r) >= {"layout", "layer_ms", "inter_node_bytes", "intra_node_bytes", "max_rel_err"}
         assert r["max_rel_err"] <= 1e-4 and r["layer_ms"] > 0

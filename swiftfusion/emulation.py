@@ -22,6 +22,11 @@ MASTER_PORT = 29400
 RUN_TIMEOUT_S = 600
 
 
+def burst_bytes(link_gbit: float) -> int:
+    """The tbf bucket: what a link lets through at memory speed before the rate applies."""
+    return max(32768, int(link_gbit * 1e9 / 8 / 1000))
+
+
 def _ip(*args: str, netns: str | None = None) -> None:
     prefix = ["ip", "netns", "exec", netns] if netns else []
     subprocess.run([*prefix, *args], check=True, capture_output=True, text=True)
@@ -64,8 +69,9 @@ class EmulatedCluster:
         _ip("ip", "link", "add", "br0", "type", "bridge", netns=self.switch)
         _ip("ip", "link", "set", "br0", "up", netns=self.switch)
         rate = f"{self.link_gbit * 1000:g}mbit"
-        # tbf needs a bucket of at least one timer tick of traffic: 10 ms worth, 64 KiB at least.
-        burst = str(max(65536, int(self.link_gbit * 1e9 / 8 / 100)))
+        # A small bucket (1 ms of traffic, 32 KiB at least) so that even one layer's messages are
+        # held to the rate; a larger one lets whole messages through at memory speed.
+        burst = str(burst_bytes(self.link_gbit))
         for node in range(self.nodes):
             ns, inside, outside = self.node_namespace(node), self.interface(node), f"{self.tag}b{node}"
             _ip("ip", "netns", "add", ns)

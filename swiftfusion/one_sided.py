@@ -1,13 +1,20 @@
 """One-sided communication between the processes of one node: shared-memory "symmetric buffers".
 
-Every member of a node-local group owns a receive segment in POSIX shared memory, mapped by all
-members. An all-to-all is a round of *puts*: member i writes its rows for member j straight into
-j's segment, in slot i, then raises its flag there (``ready[i] = epoch``); j waits until every
-flag shows the epoch, copies its rows out and acknowledges (``consumed[i] = epoch``) so that i may
-reuse the slot. No matched send/receive, no copy through a socket. Each flag word has one writer.
+Every member of a node-local group owns a receive segment in shared memory, mapped by all members.
+An all-to-all is a round of *puts*: member i writes its rows for member j straight into j's
+segment (slot i), then raises its flag there (``ready = epoch``); j waits until the flags of the
+members that send it anything show the epoch, copies its rows out and acknowledges
+(``consumed = epoch``) so that i may reuse the slot. No matched send/receive, no socket. Each
+flag word has exactly one writer; on x86 a store is never seen before an earlier one, so a
+raised flag means the data before it is there.
 
-Part of the comm layer (``comm.exchange`` uses it for groups built with ``transport="one_sided"``;
-groups that span nodes keep the collective transport, and TAPA's intra-node phase uses this one).
+Each sender has ``BUFFERS`` slots per receiver, used by alternate exchanges, so one exchange can
+stay in flight while the next starts (V-First keeps V's in flight while Q/K's runs). Growing the
+buffers is collective and deterministic: every member derives the size from the split matrix
+that all of them know; an exchange keeps the segments it started on until it finishes.
+
+Part of the comm layer: ``comm.exchange`` and ``comm.ring_shift`` use it for groups inside one
+node when the config asks for ``transport="one_sided"``; traffic between nodes stays collective.
 The GPU counterpart (CUDA symmetric memory) is not written yet: there is no GPU to test it on.
 """
 
@@ -24,24 +31,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-HEADER_WORDS = 2  # per sender: ready epoch, consumed epoch
-SPIN_BEFORE_SLEEP = 200
-
-
 SHM_DIR = "/dev/shm"
+BUFFERS = 2  # exchanges that may be in flight at once on one transport
+READY, CONSUMED = 0, BUFFERS  # header columns: ready[b] then consumed[b], per sender
+SPIN_BEFORE_SLEEP = 200
 _segment_ids = itertools.count()
 
 
 class _Segment:
-    """A file in /dev/shm mapped into memory: created (and later unlinked) by its owner, mapped
-    by its peers. Plain files rather than multiprocessing.shared_memory, whose resource tracker
-    (shared by spawned processes) would unlink or double-count segments a peer only maps."""
+    """A file in /dev/shm mapped into memory: created by its owner, mapped by its peers, unlinked
+    as soon as all have mapped it. Plain files rather than multiprocessing.shared_memory, whose
+    resource tracker (shared by spawned processes) would unlink segments a peer only maps."""
 
     def __init__(self, name: str, size: int | None = None) -> None:
-        self.name, self.path = name, os.path.join(SHM_DIR, name)
+        self.path = os.path.join(SHM_DIR, name)
         self.owner = size is not None
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if self.owner else 0)
-        fd = os.open(self.path, flags, 0o600)
+        fd = os.open(self.path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if self.owner else 0), 0o600)
         try:
             if self.owner:
                 os.ftruncate(fd, size)
@@ -56,9 +61,43 @@ class _Segment:
     def close(self) -> None:
         try:
             self.buf.close()
-        except BufferError:  # a tensor view still exists; the mapping goes with the process
+        except BufferError:  # a tensor still views it; the mapping goes with the process
             pass
         self.unlink()
+
+
+class _Generation:
+    """One set of segments (this member's and its peers'), all with the same slot size."""
+
+    def __init__(self, size: int, index: int, slot_bytes: int, process_group) -> None:
+        self.size, self.slot_bytes = size, slot_bytes
+        self.header_bytes = size * 2 * BUFFERS * 8
+        own = _Segment(f"swiftfusion-{os.getpid()}-{next(_segment_ids)}",
+                       self.header_bytes + BUFFERS * size * slot_bytes)
+        self.header(own)[:] = 0
+        names: list[str | None] = [None] * size
+        dist.all_gather_object(names, os.path.basename(own.path), group=process_group)
+        self.segments = [own if i == index else _Segment(n) for i, n in enumerate(names)]
+        self.own = own
+        dist.barrier(group=process_group)
+        own.unlink()  # every member has it mapped: a crash now leaves nothing behind
+        self.epoch = 0
+        self.in_flight = 0
+        self.retired = False
+
+    def header(self, segment: _Segment) -> np.ndarray:
+        return np.ndarray((self.size, 2 * BUFFERS), np.int64, segment.buf)
+
+    def slot(self, segment: _Segment, buffer: int, sender: int, nbytes: int) -> torch.Tensor:
+        if not nbytes:
+            return torch.empty(0, dtype=torch.uint8)
+        offset = self.header_bytes + (buffer * self.size + sender) * self.slot_bytes
+        return torch.frombuffer(segment.buf, dtype=torch.uint8, count=nbytes, offset=offset)
+
+    def close(self) -> None:
+        for segment in self.segments:
+            segment.close()
+        self.segments = []
 
 
 class SharedMemoryTransport:
@@ -66,78 +105,67 @@ class SharedMemoryTransport:
         self.ranks, self.index, self.size = ranks, index, len(ranks)
         self.process_group = process_group
         self.timeout_s = timeout_s
-        self.epoch = 0
-        self.slot_bytes = 0
-        self.own: _Segment | None = None
-        self.peers: list[_Segment] = []
+        self.current: _Generation | None = None
         atexit.register(self.close)
 
-    # -- set-up (collective over the group) -------------------------------------------------
-    def _ensure_capacity(self, slot_bytes: int) -> None:
-        """Every member calls this with the same number (derived from the shared split matrix)."""
-        if slot_bytes <= self.slot_bytes:
-            return
-        slot_bytes = max(slot_bytes, 2 * self.slot_bytes, 1 << 16)
-        dist.barrier(group=self.process_group)  # nobody still reads or writes the old segments
-        self.close()
-        name = f"swiftfusion-{os.getpid()}-{next(_segment_ids)}"
-        self.own = _Segment(name, self._segment_bytes(slot_bytes))
-        np.ndarray((self.size, HEADER_WORDS), np.int64, self.own.buf)[:] = 0
-        names: list[str | None] = [None] * self.size
-        dist.all_gather_object(names, name, group=self.process_group)
-        self.peers = [self.own if i == self.index else _Segment(n) for i, n in enumerate(names)]
-        self.slot_bytes = slot_bytes
-        self.epoch = 0
-        dist.barrier(group=self.process_group)
-        self.own.unlink()  # every peer has it mapped: the name is no longer needed, and a crash leaves nothing
+    @property
+    def own_path(self) -> str | None:
+        return self.current.own.path if self.current else None
 
-    def _segment_bytes(self, slot_bytes: int) -> int:
-        return self.size * HEADER_WORDS * 8 + self.size * slot_bytes
-
-    def _header(self, segment: _Segment) -> np.ndarray:
-        return np.ndarray((self.size, HEADER_WORDS), np.int64, segment.buf)
-
-    def _slot(self, segment: _Segment, sender: int, nbytes: int) -> torch.Tensor:
-        offset = self.size * HEADER_WORDS * 8 + sender * self.slot_bytes
-        return torch.frombuffer(segment.buf, dtype=torch.uint8, count=nbytes, offset=offset) if nbytes else \
-            torch.empty(0, dtype=torch.uint8)
-
-    # -- the all-to-all -------------------------------------------------------------------------
     def all_to_all(self, x: torch.Tensor, rows: list[list[int]]) -> torch.Tensor:
         """Rows ``rows[i][j]`` of dim 0 go from member i to member j (the same matrix on all)."""
         return self.start(x, rows)()
 
     def start(self, x: torch.Tensor, rows: list[list[int]]):
-        """Puts this member's rows into every peer's segment now; returns the function that waits
-        for the rows addressed to this member and returns them (in member order)."""
+        """Puts this member's rows into every receiver's segment now; returns the function that
+        waits for the rows addressed to this member and returns them in member order."""
         x = x.contiguous()
         row_bytes = math.prod(x.shape[1:]) * x.element_size()
         self._ensure_capacity(max(max(r) for r in rows) * row_bytes)
-        self.epoch += 1
-        me, epoch = self.index, self.epoch
+        gen = self.current
+        if gen.in_flight >= BUFFERS:
+            raise RuntimeError(f"more than {BUFFERS} one-sided exchanges in flight on one group")
+        gen.epoch += 1
+        gen.in_flight += 1
+        me, epoch, buffer = self.index, gen.epoch, gen.epoch % BUFFERS
         flat = x.view(-1).view(torch.uint8) if x.numel() else torch.empty(0, dtype=torch.uint8)
         offset = 0
-        for j in range(self.size):  # put my rows into j's segment, slot me
+        for j in range(self.size):
             nbytes = rows[me][j] * row_bytes
             if not nbytes:
-                continue  # nothing for j: no flag either, so members without traffic stay uncoupled
-            header = self._header(self.peers[j])
-            self._wait(lambda header=header: header[me, 1] >= epoch - 1, f"member {j} to free slot {me}")
-            self._slot(self.peers[j], me, nbytes).copy_(flat[offset : offset + nbytes])
-            header[me, 0] = epoch  # the flag: written after the data (x86 stores are ordered)
+                continue  # no data, no flag: members without traffic stay uncoupled
+            header = gen.header(gen.segments[j])
+            self._wait(lambda h=header: h[me, CONSUMED + buffer] >= epoch - BUFFERS, f"member {j} to free a slot")
+            gen.slot(gen.segments[j], buffer, me, nbytes).copy_(flat[offset : offset + nbytes])
+            header[me, READY + buffer] = epoch  # the flag, after the data
             offset += nbytes
         senders = [i for i in range(self.size) if rows[i][me] * row_bytes]
-        shape, dtype = x.shape[1:], x.dtype
+        shape, dtype, total = x.shape[1:], x.dtype, sum(rows[i][me] for i in range(self.size))
 
         def finish() -> torch.Tensor:
-            own = self._header(self.own)
-            self._wait(lambda: bool((own[senders, 0] >= epoch).all()), "every member's data")
-            chunks = [self._slot(self.own, i, rows[i][me] * row_bytes).clone() for i in range(self.size)]
-            own[:, 1] = epoch  # acknowledge: senders may reuse their slots
+            own = gen.header(gen.own)
+            self._wait(lambda: bool((own[senders, READY + buffer] >= epoch).all()), "the members' data")
+            chunks = [gen.slot(gen.own, buffer, i, rows[i][me] * row_bytes).clone() for i in range(self.size)]
+            own[:, CONSUMED + buffer] = epoch  # senders may reuse this buffer
+            gen.in_flight -= 1
+            if gen.retired and gen.in_flight == 0:
+                gen.close()
             received = torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.uint8)
-            return received.view(dtype).view(sum(rows[i][me] for i in range(self.size)), *shape)
+            return received.view(dtype).view(total, *shape)
 
         return finish
+
+    def _ensure_capacity(self, slot_bytes: int) -> None:
+        """Collective: every member calls it with the same number, at the same exchange."""
+        if self.current is not None and slot_bytes <= self.current.slot_bytes:
+            return
+        old = self.current
+        slot_bytes = max(slot_bytes, 2 * (old.slot_bytes if old else 0), 1 << 16)
+        self.current = _Generation(self.size, self.index, slot_bytes, self.process_group)
+        if old is not None:  # exchanges in flight keep the old segments until they finish
+            old.retired = True
+            if old.in_flight == 0:
+                old.close()
 
     def _wait(self, done, what: str) -> None:
         deadline = time.monotonic() + self.timeout_s
@@ -151,11 +179,6 @@ class SharedMemoryTransport:
                                        f"{self.timeout_s} s for {what}")
 
     def close(self) -> None:
-        for segment in self.peers:
-            if segment is not self.own:
-                segment.close()
-        self.peers = []
-        if self.own is not None:
-            self.own.close()
-            self.own = None
-        self.slot_bytes = 0
+        if self.current is not None:
+            self.current.close()
+            self.current = None

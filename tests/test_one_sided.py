@@ -15,6 +15,7 @@ from swiftfusion import comm
     [
         (2, 2, 1, None, {}), (4, 4, 1, None, {}), (4, 1, 4, None, {}), (4, 2, 2, None, {}),
         (4, 2, 2, None, dict(v_first=True)),
+        (4, 4, 1, 2, dict(all_to_all="tapa", v_first=True)),
         (4, 2, 2, 2, {}),  # Ulysses inside the nodes (one-sided), Ring across (collective)
         (4, 4, 1, 2, dict(all_to_all="tapa")),  # TAPA: phase 1 one-sided, phase 2 collective
         (8, 4, 2, 4, dict(sp_layout="tas")),  # Ring inside the nodes (one-sided), Ulysses across
@@ -41,8 +42,33 @@ def repeated_exchange_case():
         counted = comm.traffic.snapshot()
         expected = comm.all_to_all(x, group, rows[me], [rows[i][me] for i in range(4)]).wait()
         results.append((torch.equal(put, expected), counted["intra"] == (x.numel() - rows[me][me] * width) * 4))
-    segment = group.one_sided.own.path
+    segment = group.one_sided.own_path
     return results, segment
+
+
+def in_flight_case():
+    mesh = _mesh(4, 1, 4, transport="one_sided")
+    group, me = mesh.ulysses, mesh.ulysses.index
+    small = torch.full((4, 2), float(me))
+    large = torch.full((4, 5000), float(me) + 10)  # needs bigger buffers while ``small`` is in flight
+    first = comm.exchange(small, group, [[1] * 4] * 4)
+    second = comm.exchange(large, group, [[1] * 4] * 4)
+    got_second, got_first = second.wait(), first.wait()  # finished out of order, as V-First does
+    third = comm.exchange(small, group, [[1] * 4] * 4)
+    fourth = comm.exchange(small, group, [[1] * 4] * 4)
+    try:
+        comm.exchange(small, group, [[1] * 4] * 4)
+        too_many = None
+    except RuntimeError as error:
+        too_many = str(error)
+    third.wait(), fourth.wait()
+    return got_first[:, 0].tolist(), got_second[:, 0].tolist(), too_many
+
+
+def test_two_exchanges_in_flight(worlds):
+    for first, second, too_many in worlds.get(4).run(in_flight_case):
+        assert first == [0.0, 1.0, 2.0, 3.0] and second == [10.0, 11.0, 12.0, 13.0]
+        assert too_many == "more than 2 one-sided exchanges in flight on one group"
 
 
 def test_repeated_exchanges_equal_the_collective_and_clean_up(worlds):

@@ -2,8 +2,9 @@
 
 from .config import ParallelConfig
 from .pipelines import DigitsPipeline, load_pipeline, parallelize
+from .runtime import shutdown
 from .topology import Topology
 
 __version__ = "0.1.0"
 
-__all__ = ["DigitsPipeline", "ParallelConfig", "Topology", "load_pipeline", "parallelize", "__version__"]
+__all__ = ["DigitsPipeline", "ParallelConfig", "Topology", "load_pipeline", "parallelize", "shutdown", "__version__"]

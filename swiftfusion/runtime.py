@@ -8,6 +8,7 @@ ranks blocked in a collective (possibly on another machine) do not wait for the 
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import sys
@@ -82,11 +83,15 @@ def report_failure(error: BaseException) -> str:
     return message
 
 
+_watchdog: tuple[threading.Thread, threading.Event] | None = None
+
+
 def start_failure_watchdog() -> None:
+    global _watchdog
     store = _store()
+    stop = threading.Event()
 
     def watch() -> None:
-        stop = threading.Event()
         while not stop.wait(WATCHDOG_INTERVAL_S):
             try:
                 failed = store.check([FAILURE_KEY])
@@ -97,7 +102,28 @@ def start_failure_watchdog() -> None:
                 print(f"swiftfusion: rank {rank()} stopping because {message}", file=sys.stderr, flush=True)
                 os._exit(1)
 
-    threading.Thread(target=watch, name="swiftfusion-failure-watchdog", daemon=True).start()
+    thread = threading.Thread(target=watch, name="swiftfusion-failure-watchdog", daemon=True)
+    thread.start()
+    _watchdog = (thread, stop)
+    atexit.register(stop_failure_watchdog)  # before interpreter teardown frees the store
+
+
+def stop_failure_watchdog() -> None:
+    """Must run before the process group (and its store) is destroyed: a watchdog still inside
+    ``store.check`` when the store goes away aborts the process."""
+    global _watchdog
+    if _watchdog is not None:
+        thread, stop = _watchdog
+        stop.set()
+        thread.join()
+        _watchdog = None
+
+
+def shutdown() -> None:
+    """Leaves the process group cleanly (watchdog first)."""
+    stop_failure_watchdog()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def run_rank_main(main, *args) -> None:
@@ -111,5 +137,4 @@ def run_rank_main(main, *args) -> None:
         print(f"swiftfusion: {message}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(1)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    shutdown()

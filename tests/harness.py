@@ -93,11 +93,13 @@ class World:
         return [results[r] for r in range(self.size)]
 
     def close(self) -> None:
+        """Healthy worlds leave their loop; broken ones (a rank may sit in a collective) are killed."""
         for inbox, p in zip(self.inboxes, self.processes, strict=True):
             if p.is_alive() and not self.broken:
                 inbox.put(None)
         for p in self.processes:
-            p.join(timeout=5)
+            if not self.broken:
+                p.join(timeout=5)
             if p.is_alive():
                 p.kill()
                 p.join()

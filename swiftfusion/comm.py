@@ -226,16 +226,17 @@ def ring_shift(x: torch.Tensor, group: Group) -> Pending:
 
 
 def send_recv(x: torch.Tensor | None, to_index: int | None, into: torch.Tensor | None,
-              from_index: int | None, group: Group) -> Pending:
+              from_index: int | None, group: Group, tag: int = 0) -> Pending:
     """Sends ``x`` to member ``to_index`` and receives member ``from_index``'s tensor into
-    ``into`` (either side may be None); returns at once, ``wait()`` gives ``into``."""
+    ``into`` (either side may be None); returns at once, ``wait()`` gives ``into``. Messages
+    between two members match in order within a ``tag``."""
     ops = []
     if x is not None:
         x = x.contiguous()
         traffic.add(group, to_index, x.numel() * x.element_size())
-        ops.append(dist.P2POp(dist.isend, x, group.ranks[to_index], group.process_group))
+        ops.append(dist.P2POp(dist.isend, x, group.ranks[to_index], group.process_group, tag))
     if into is not None:
-        ops.append(dist.P2POp(dist.irecv, into, group.ranks[from_index], group.process_group))
+        ops.append(dist.P2POp(dist.irecv, into, group.ranks[from_index], group.process_group, tag))
     return Pending(dist.batch_isend_irecv(ops) if ops else [], into)
 
 

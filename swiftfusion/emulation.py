@@ -80,6 +80,9 @@ class EmulatedCluster:
             _ip("ip", "link", "set", inside, "netns", ns)
             _ip("ip", "link", "set", outside, "netns", self.switch)
             _ip("ip", "link", "set", "lo", "up", netns=ns)
+            # Each layer is a burst after an idle barrier: without this, TCP restarts slow start
+            # every time (on an RTT the shaper's queue inflates), and timings swing run to run.
+            _ip("sysctl", "-q", "-w", "net.ipv4.tcp_slow_start_after_idle=0", netns=ns)
             _ip("ip", "addr", "add", f"{self.address(node)}/24", "dev", inside, netns=ns)
             _ip("ip", "link", "set", inside, "up", netns=ns)
             _ip("ip", "link", "set", outside, "master", "br0", netns=self.switch)

@@ -21,6 +21,7 @@ from ..mesh import Group
 from .local import local_attention, merge_partials
 from .sequence_parallel import head_splits
 
+PUSH_O_TAG = 1  # Push-O messages match among themselves, whatever the order of the rounds
 
 def torus_attention(
     q: torch.Tensor,
@@ -64,8 +65,11 @@ def torus_attention(
             lse[j] = torch.full(block_lse.shape, float("-inf"), device=q.device)
         out[j], lse[j] = merge_partials(out[j], lse[j], block_out, block_lse)
 
-    # Push-O: each member's output block goes back as soon as it is complete.
+    # Push-O: each member's output block goes back as soon as it is complete. The receives are
+    # posted first (own tag), so that a push moves as soon as it is sent.
     received_o = [q.new_empty((batch, splits[src], tokens, dim)) for src in range(size)]
+    receives = [comm.send_recv(None, None, received_o[src], src, group, PUSH_O_TAG)
+                for src in range(size) if src != me]
     pushes = []
 
     def push(j: int) -> None:
@@ -73,7 +77,7 @@ def torus_attention(
         if j == me:
             received_o[me] = block
             return
-        pushes.append(comm.send_recv(block, j, None, None, group))
+        pushes.append(comm.send_recv(block, j, None, None, group, PUSH_O_TAG))
         comm.events.record("torus.push", j)
 
     arrived = [me]
@@ -89,17 +93,15 @@ def torus_attention(
             comm.events.record("torus.post", s + 1)
         comm.events.record("torus.compute", s)
         last = s == size - 1
+        for kb in [*arrived, new]:  # the new query block against every key block so far
+            tile(new, kb)
+        if last:  # complete: its push overlaps the tiles below
+            push(new)
         for j in arrived:  # earlier query blocks against the new key block
             tile(j, new)
             if last:
                 push(j)
-        for kb in [*arrived, new]:  # the new query block against every key block so far
-            tile(new, kb)
         arrived.append(new)
-        if last:
-            push(new)
-    # Receive every member's heads for my tokens (Push-O from their side).
-    receives = [comm.send_recv(None, None, received_o[src], src, group) for src in range(size) if src != me]
-    for transfer in receives + pushes:
+    for transfer in receives + pushes:  # every member's heads for my tokens, and my pushes
         transfer.wait()
     return torch.cat(received_o, dim=1)

@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(gen, "all-to-all", default="flat",
           help="Ulysses all-to-all: flat, or tapa (intra-node phase, then inter-node phase) (default flat)")
     _flag(gen, "v-first", action="store_true", help="start V's all-to-all before Q/K projection (exact)")
+    _flag(gen, "transport", default="collective",
+          help="collective, or one_sided (shared-memory puts between the ranks of a node) (default collective)")
     _flag(gen, "sp-algorithm", default="usp",
           help="usp (all-to-all, then ring), or torus (overlapped Pull-Q/Pull-KV/Push-O; ring degree 1)")
     _flag(gen, "ranks-per-node", type=int, help="ranks per machine (default: from the launcher, else all)")
@@ -116,7 +118,7 @@ def check_generate_args(args: argparse.Namespace) -> ParallelConfig:
     config = ParallelConfig(
         data_degree=args.data_degree, cfg_degree=args.cfg_degree, ulysses_degree=args.ulysses_degree,
         ring_degree=args.ring_degree, sp_layout=args.sp_layout, all_to_all=args.all_to_all, v_first=args.v_first,
-        sp_algorithm=args.sp_algorithm,
+        sp_algorithm=args.sp_algorithm, transport=args.transport,
         world_size=world, collective_timeout_s=args.timeout,
     )
     if args.ranks_per_node is not None and (args.ranks_per_node < 1 or world % args.ranks_per_node):

@@ -104,6 +104,15 @@ def test_usp_image_equals_single_process_image(tmp_path):
 
 
 @pytest.mark.timeout(400)
+def test_topology_aware_options_give_the_same_image(tmp_path):
+    common = ["--prompt", "9", "--num-images", "4", "--steps", "5", "--seed", "2"]
+    _generate(*common, "--output", str(tmp_path / "one.png"))
+    _generate(*common, "--output", str(tmp_path / "tapa.png"), "--nproc", "4", "--ulysses-degree", "4",
+              "--ranks-per-node", "2", "--all-to-all", "tapa", "--v-first", "--transport", "one_sided")
+    assert np.abs(_pixels(tmp_path / "one.png") - _pixels(tmp_path / "tapa.png")).max() <= 1
+
+
+@pytest.mark.timeout(400)
 def test_output_dir_and_xdit_spellings(tmp_path):
     _generate("--prompt", "2", "--num_images", "3", "--steps", "3", "--output_dir", str(tmp_path / "imgs"),
               "--nproc", "2", "--cfg_degree", "2")

@@ -21,7 +21,10 @@ def reference_images():
 
 
 def pipeline_case(degrees, expected):
-    pipe = parallelize(DigitsPipeline.from_pretrained(), ParallelConfig(**degrees, collective_timeout_s=30))
+    degrees = dict(degrees)
+    ranks_per_node = degrees.pop("ranks_per_node", None)
+    pipe = parallelize(DigitsPipeline.from_pretrained(), ParallelConfig(**degrees, collective_timeout_s=30),
+                       ranks_per_node=ranks_per_node)
     images = pipe(DIGITS, num_images_per_prompt=IMAGES_PER_PROMPT, num_inference_steps=STEPS, seed=11,
                   show_progress=False).images
     return images.shape == expected.shape, float((images - expected).abs().max())
@@ -30,12 +33,19 @@ def pipeline_case(degrees, expected):
 LAYOUTS = {
     2: [dict(ulysses_degree=2), dict(ring_degree=2), dict(cfg_degree=2), dict(data_degree=2)],
     4: [dict(ulysses_degree=2, ring_degree=2), dict(cfg_degree=2, ulysses_degree=2), dict(data_degree=2, ring_degree=2),
-        dict(data_degree=4), dict(cfg_degree=2, data_degree=2), dict(ulysses_degree=4), dict(ring_degree=4)],
+        dict(data_degree=4), dict(cfg_degree=2, data_degree=2), dict(ulysses_degree=4), dict(ring_degree=4),
+        # Topology-aware options on 2 nodes × 2 ranks:
+        dict(ulysses_degree=2, ring_degree=2, sp_layout="tas", ranks_per_node=2),
+        dict(ulysses_degree=2, ring_degree=2, sp_layout="auto", ranks_per_node=2),
+        dict(ulysses_degree=4, all_to_all="tapa", v_first=True, ranks_per_node=2),
+        dict(ulysses_degree=4, all_to_all="tapa", transport="one_sided", ranks_per_node=2),
+        dict(ulysses_degree=2, ring_degree=2, transport="one_sided", v_first=True, ranks_per_node=2),
+        dict(ulysses_degree=4, sp_algorithm="torus", ranks_per_node=2)],
 }
 
 
 @pytest.mark.parametrize("world,degrees", [(w, d) for w, layouts in LAYOUTS.items() for d in layouts],
-                         ids=lambda v: "-".join(f"{k[0]}{x}" for k, x in v.items()) if isinstance(v, dict) else str(v))
+                         ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else str(v))
 def test_parallel_pipeline_matches_single_process(worlds, reference_images, world, degrees):
     for same_shape, max_abs in worlds.get(world).run(pipeline_case, degrees, reference_images):
         assert same_shape

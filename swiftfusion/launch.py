@@ -3,7 +3,8 @@ torch.distributed world through the usual environment variables (RANK, WORLD_SIZ
 MASTER_PORT, LOCAL_RANK, LOCAL_WORLD_SIZE), exactly as torchrun would start them.
 
 Fail fast: as soon as one rank exits non-zero the others are terminated, and ``LaunchError`` names
-the rank that failed first with its error.
+the rank that failed first with its error. A rank that dies without reporting (killed, or an
+exit from native code) is the cause when others fail together with it: they only saw it vanish.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from .runtime import FAILURE_FILE_ENV, run_rank_main
+from .runtime import FAILURE_FILE_ENV, REPORTED_FAILURE_EXIT, run_rank_main
 
 TERMINATE_GRACE_S = 5.0
 
@@ -61,9 +62,9 @@ def launch(main: Callable, args: tuple, nproc: int, extra_env: dict[str, str] | 
         if first_failed is not None:
             rank, code = first_failed
             message = f"rank {rank} exited with code {code}"
-            if os.path.exists(failure_file):
+            if code == REPORTED_FAILURE_EXIT and os.path.exists(failure_file):
                 with open(failure_file) as f:
-                    message = f.read()
+                    message = f.read()  # the first rank that reported an error
             raise LaunchError(message)
 
 
@@ -71,11 +72,15 @@ def _wait_all(processes) -> tuple[int, int] | None:
     """Waits until all ranks exit; returns (rank, exit code) of the first that failed, if any."""
     running = {p.sentinel: rank for rank, p in enumerate(processes)}
     while running:
+        failures = []
         for sentinel in multiprocessing.connection.wait(list(running)):
             rank = running.pop(sentinel)
             processes[rank].join()
             if processes[rank].exitcode != 0:
-                return rank, processes[rank].exitcode
+                failures.append((rank, processes[rank].exitcode))
+        if failures:
+            unreported = [f for f in failures if f[1] != REPORTED_FAILURE_EXIT]
+            return (unreported or failures)[0]
     return None
 
 

@@ -21,6 +21,7 @@ import torch.distributed as dist
 FAILURE_KEY = "swiftfusion/failure"
 FAILURE_FILE_ENV = "SWIFTFUSION_FAILURE_FILE"  # set by our launcher: the first failure is written there
 WATCHDOG_INTERVAL_S = 0.5
+REPORTED_FAILURE_EXIT = 70  # a rank that reported its error (or stopped for another's) exits so
 
 
 def default_device() -> torch.device:
@@ -100,7 +101,7 @@ def start_failure_watchdog() -> None:
             if failed:
                 message = store.get(FAILURE_KEY).decode()
                 print(f"swiftfusion: rank {rank()} stopping because {message}", file=sys.stderr, flush=True)
-                os._exit(1)
+                os._exit(REPORTED_FAILURE_EXIT)
 
     thread = threading.Thread(target=watch, name="swiftfusion-failure-watchdog", daemon=True)
     thread.start()
@@ -136,5 +137,5 @@ def run_rank_main(main, *args) -> None:
         traceback.print_exc()
         print(f"swiftfusion: {message}", file=sys.stderr, flush=True)
         sys.stdout.flush()
-        os._exit(1)
+        os._exit(REPORTED_FAILURE_EXIT)
     shutdown()

@@ -30,18 +30,14 @@ def succeeding_rank(path):
 
 
 @pytest.mark.timeout(90)
-def test_raising_rank_stops_everyone_and_is_named():
+@pytest.mark.parametrize(
+    "bad_rank,how,message",
+    [(2, "raise", "^rank 2 failed: RuntimeError: injected failure$"), (1, "exit", "^rank 1 exited with code 7$")],
+)
+def test_failing_rank_stops_everyone_and_is_named(bad_rank, how, message):
     start = time.monotonic()
-    with pytest.raises(LaunchError, match="^rank 2 failed: RuntimeError: injected failure$"):
-        launch(failing_rank, (2, "raise"), nproc=4)
-    assert time.monotonic() - start < 60
-
-
-@pytest.mark.timeout(90)
-def test_dying_rank_stops_everyone_and_is_named():
-    start = time.monotonic()
-    with pytest.raises(LaunchError, match="^rank 1 exited with code 7$"):
-        launch(failing_rank, (1, "exit"), nproc=4)
+    with pytest.raises(LaunchError, match=message):
+        launch(failing_rank, (bad_rank, how), nproc=4)
     assert time.monotonic() - start < 60
 
 

@@ -172,8 +172,9 @@ def tapa_all_to_all(x: torch.Tensor, group: Group, rows: SplitMatrix) -> Pending
     phase 2 runs when the result is awaited.
     """
     local, cross = group.node_local, group.cross_node
-    # member(n, m): group index of the member on cross index n with node-local index m.
-    member = [[group.ranks.index(_member_rank(group, n, m)) for m in range(local.size)] for n in range(cross.size)]
+    # member[n][m]: group index of the member with node-local index m on the group's n-th node.
+    index = {rank: i for i, rank in enumerate(group.ranks)}
+    member = [[index[rank] for rank in on_node] for on_node in split_by_node(group.ranks, group.topology)]
     me, n_me, m_me = group.index, cross.index, local.index
     chunks = dict(zip(range(group.size), x.split([rows[me][j] for j in range(group.size)]), strict=True))
 
@@ -200,11 +201,6 @@ def tapa_all_to_all(x: torch.Tensor, group: Group, rows: SplitMatrix) -> Pending
         return torch.cat([by_source[i] for i in range(group.size)])
 
     return phase_one.then(phase_two)
-
-
-def _member_rank(group: Group, cross_index: int, local_index: int) -> int:
-    """Global rank of the member at ``local_index`` on the node of cross-node member ``cross_index``."""
-    return split_by_node(group.ranks, group.topology)[cross_index][local_index]
 
 
 def ring_shift(x: torch.Tensor, group: Group) -> Pending:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable
+
+from torch.distributed import TCPStore
 
 from .runtime import FAILURE_FILE_ENV, REPORTED_FAILURE_EXIT, run_rank_main
 
@@ -26,10 +27,15 @@ class LaunchError(RuntimeError):
     """One or more ranks failed; the message names the first."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def host_store(world_size: int) -> TCPStore:
+    """The rendezvous store, hosted by the launching process on a port the OS picks as it binds.
+    (Choosing a free port first and letting rank 0 bind it later races with every other socket
+    on the machine.) The ranks join it as clients, as under torchrun's agent."""
+    return TCPStore("127.0.0.1", 0, world_size, is_master=True, wait_for_workers=False)
+
+
+def store_env(store: TCPStore) -> dict[str, str]:
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
 
 
 def _bootstrap(env: dict[str, str], main: Callable, args: tuple) -> None:
@@ -41,15 +47,14 @@ def launch(main: Callable, args: tuple, nproc: int, extra_env: dict[str, str] | 
     """Runs ``main(*args)`` on ``nproc`` local ranks; returns when all succeed, raises
     ``LaunchError`` when any fails. ``main`` must be importable (a module-level function)."""
     ctx = multiprocessing.get_context("spawn")
-    port = str(free_port())
+    store = host_store(nproc)
     with tempfile.TemporaryDirectory(prefix="swiftfusion-") as scratch:
         failure_file = os.path.join(scratch, "failure")
         processes = []
         for rank in range(nproc):
             env = {
                 "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
-                "LOCAL_WORLD_SIZE": str(nproc), "GROUP_RANK": "0",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+                "LOCAL_WORLD_SIZE": str(nproc), "GROUP_RANK": "0", **store_env(store),
                 FAILURE_FILE_ENV: failure_file, **(extra_env or {}),
             }
             process = ctx.Process(target=_bootstrap, args=(env, main, args), name=f"swiftfusion-rank{rank}")

@@ -13,23 +13,19 @@ import datetime
 import multiprocessing
 import os
 import queue
-import socket
+import time
 import traceback
+
+from swiftfusion.launch import host_store, store_env
 
 COLLECTIVE_TIMEOUT_S = 30
 DEFAULT_CASE_TIMEOUT_S = 120
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(rank: int, size: int, port: int, inbox, outbox) -> None:
+def _serve(rank: int, size: int, env: dict[str, str], inbox, outbox) -> None:
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+        OMP_NUM_THREADS="1", **env,
     )
     import torch
     import torch.distributed as dist
@@ -57,9 +53,10 @@ class World:
         self.size = size
         self.outbox = ctx.Queue()
         self.inboxes = [ctx.Queue() for _ in range(size)]
-        port = _free_port()
+        self.store = host_store(size)  # lives as long as the world
         self.processes = [
-            ctx.Process(target=_serve, args=(r, size, port, self.inboxes[r], self.outbox), daemon=True)
+            ctx.Process(target=_serve, args=(r, size, store_env(self.store), self.inboxes[r], self.outbox),
+                        daemon=True)
             for r in range(size)
         ]
         for p in self.processes:
@@ -72,16 +69,20 @@ class World:
         results: dict[int, object] = {}
         errors: list[str] = []
         answered: set[int] = set()
+        deadline = time.monotonic() + timeout
         for _ in range(self.size):
-            try:
-                rank, ok, value = self.outbox.get(timeout=timeout)
-            except queue.Empty:
-                self.broken = True
-                self.close()
-                missing = sorted(set(range(self.size)) - answered)
-                raise AssertionError(
-                    f"{fn.__name__}: ranks {missing} gave no answer in {timeout} s; world stopped"
-                ) from None
+            while True:  # poll, so that a rank that died is noticed now, not at the deadline
+                try:
+                    rank, ok, value = self.outbox.get(timeout=0.5)
+                    break
+                except queue.Empty:
+                    dead = {r: p.exitcode for r, p in enumerate(self.processes) if not p.is_alive()}
+                    if dead or time.monotonic() > deadline:
+                        self.broken = True
+                        self.close()
+                        missing = sorted(set(range(self.size)) - answered)
+                        why = f"ranks died (exit codes {dead})" if dead else f"no answer in {timeout} s"
+                        raise AssertionError(f"{fn.__name__}: ranks {missing} gave no answer: {why}") from None
             answered.add(rank)
             if ok:
                 results[rank] = value

@@ -87,7 +87,7 @@ def attention_rank(layout: str, transport: str, args: argparse.Namespace, result
     import torch.distributed as dist
 
     from . import comm, runtime
-    from .attention import torus_attention, usp_attention, usp_attention_v_first
+    from .attention import configured_attention
     from .config import ParallelConfig
     from .mesh import build_mesh
     from .sequence import SequenceShard
@@ -105,11 +105,7 @@ def attention_rank(layout: str, transport: str, args: argparse.Namespace, result
     ql, kl, vl = (shard.shard(t, dim=2) for t in (q, k, v))
 
     def layer() -> torch.Tensor:
-        if config.sp_algorithm == "torus":
-            return torus_attention(ql, kl, vl, mesh.ulysses, key_mask)
-        if config.v_first:
-            return usp_attention_v_first(vl, lambda: (ql, kl), mesh.ulysses, mesh.ring, key_mask)
-        return usp_attention(ql, kl, vl, mesh.ulysses, mesh.ring, key_mask)
+        return configured_attention(mesh, vl, lambda: (ql, kl), key_mask)
 
     layer()  # warm-up
     comm.traffic.reset()

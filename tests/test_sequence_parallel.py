@@ -7,7 +7,7 @@ import torch
 from reference import max_rel_err, sdpa_reference
 
 from swiftfusion import ParallelConfig, comm
-from swiftfusion.attention import torus_attention, usp_attention
+from swiftfusion.attention import configured_attention, usp_attention
 from swiftfusion.mesh import build_mesh
 from swiftfusion.sequence import SequenceShard
 
@@ -37,11 +37,8 @@ def _inputs(heads, seq, masked, seed):
 def _sp_forward(mesh, q, k, v, mask):
     shard = SequenceShard.for_length(q.shape[2], mesh.sp)
     key_mask = shard.key_mask(q.shape[0], q.device, mask)
-    local = [shard.shard(t, dim=2) for t in (q, k, v)]
-    if mesh.config.sp_algorithm == "torus":
-        out = torus_attention(*local, mesh.ulysses, key_mask)
-    else:
-        out = usp_attention(*local, mesh.ulysses, mesh.ring, key_mask)
+    ql, kl, vl = (shard.shard(t, dim=2) for t in (q, k, v))
+    out = configured_attention(mesh, vl, lambda: (ql, kl), key_mask)
     return shard.gather(out, dim=2)
 
 

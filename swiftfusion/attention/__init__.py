@@ -1,5 +1,6 @@
 """Attention math: local kernels with LSE, exact merging, distributed algorithms."""
 
+from .configured import configured_attention
 from .local import local_attention, merge_partials
 from .sequence_parallel import (
     head_splits,
@@ -11,6 +12,7 @@ from .sequence_parallel import (
 from .torus import torus_attention
 
 __all__ = [
+    "configured_attention",
     "head_splits",
     "local_attention",
     "merge_partials",

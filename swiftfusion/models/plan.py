@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention import torus_attention, usp_attention, usp_attention_v_first
+from ..attention import configured_attention
 from ..mesh import ParallelMesh
 from ..sequence import SequenceShard
 
@@ -71,14 +71,8 @@ class SequenceParallelAttnProcessor:
                 k = attn.norm_k(k)
             return q, k
 
-        mesh = self.mesh
-        v = heads_first(attn.to_v(hidden_states))
-        if mesh.config.sp_algorithm == "torus":
-            out = torus_attention(*project_qk(), v, mesh.ulysses, self.state.key_mask)
-        elif mesh.config.v_first:
-            out = usp_attention_v_first(v, project_qk, mesh.ulysses, mesh.ring, self.state.key_mask)
-        else:
-            out = usp_attention(*project_qk(), v, mesh.ulysses, mesh.ring, self.state.key_mask)
+        v = heads_first(attn.to_v(hidden_states))  # first: V-First may start its transfer now
+        out = configured_attention(self.mesh, v, project_qk, self.state.key_mask)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(hidden_states.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:

@@ -28,15 +28,6 @@ LAYOUTS = [  # (name, world, ulysses, ring)
 ]
 
 
-def _inputs(images: int):
-    from swiftfusion.models import digits
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2 * images, 1, digits.IMAGE_SIZE, digits.IMAGE_SIZE, generator=g)
-    labels = torch.cat([torch.arange(images) % 10, torch.full((images,), digits.NULL_CLASS)])
-    return x, torch.full((2 * images,), 500.0), labels
-
-
 def formula_bytes(model, images: int, ulysses: int, ring: int) -> int:
     """Bytes one rank sends per forward: per layer Ulysses 4·(U−1)/U and Ring (R−1)·2 of the local
     Q/K/V shard, plus the (P−1) copies of its hidden-state shard in the gather at the exit."""
@@ -53,11 +44,12 @@ def bench_rank(ulysses: int, ring: int, images: int, repeats: int, out_path: str
     import torch.distributed as dist
 
     from swiftfusion import ParallelConfig, comm, parallelize, runtime
+    from swiftfusion.bench import guided_batch
     from swiftfusion.models import digits
 
     torch.set_num_threads(1)
     model = digits.load_transformer()
-    x, t, y = _inputs(images)
+    x, t, y = guided_batch(images)
     with torch.no_grad():
         reference = model(x, t, y).sample if runtime.rank() == 0 else None
         if runtime.world_size() > 1 or ulysses * ring > 1:

@@ -3,8 +3,10 @@
 from .config import ParallelConfig
 from .pipelines import DigitsPipeline, load_pipeline, parallelize
 from .runtime import shutdown
-from .topology import Topology
+from .topology import Link, Topology
 
 __version__ = "0.1.0"
 
-__all__ = ["DigitsPipeline", "ParallelConfig", "Topology", "load_pipeline", "parallelize", "shutdown", "__version__"]
+__all__ = [
+    "DigitsPipeline", "Link", "ParallelConfig", "Topology", "load_pipeline", "parallelize", "shutdown", "__version__",
+]

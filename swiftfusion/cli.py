@@ -20,6 +20,7 @@ from pathlib import Path
 from .config import ParallelConfig
 from .launch import LaunchError, launch
 from .runtime import launched_world_size
+from .topology import Link
 
 
 def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
@@ -64,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(gen, "sp-algorithm", default="usp",
           help="usp (all-to-all, then ring), or torus (overlapped Pull-Q/Pull-KV/Push-O; ring degree 1)")
     _flag(gen, "ranks-per-node", type=int, help="ranks per machine (default: from the launcher, else all)")
+    for where, links, default in (("intra", "inside nodes", "3600,3"), ("inter", "between nodes", "400,10")):
+        _flag(gen, f"{where}-node-link", metavar="GBIT[,LATENCY_US]",
+              help=f"bandwidth per rank (Gbit/s) and message latency (µs) of the links {links}, for --sp-layout "
+                   f"auto (default: the launcher's SWIFTFUSION_{where.upper()}_NODE_LINK, else {default})")
     _flag(gen, "timeout", type=float, default=300.0, help="seconds before a stuck collective fails (default 300)")
     from .bench import add_parser as add_bench_parser
 
@@ -119,12 +124,21 @@ def check_generate_args(args: argparse.Namespace) -> ParallelConfig:
         data_degree=args.data_degree, cfg_degree=args.cfg_degree, ulysses_degree=args.ulysses_degree,
         ring_degree=args.ring_degree, sp_layout=args.sp_layout, all_to_all=args.all_to_all, v_first=args.v_first,
         sp_algorithm=args.sp_algorithm, transport=args.transport,
+        intra_node_link=_link(args.intra_node_link, "--intra-node-link"),
+        inter_node_link=_link(args.inter_node_link, "--inter-node-link"),
         world_size=world, collective_timeout_s=args.timeout,
     )
     if args.ranks_per_node is not None and (args.ranks_per_node < 1 or world % args.ranks_per_node):
         raise ValueError(f"--ranks-per-node {args.ranks_per_node} must be a positive divisor of the world size {world}")
     _check_output(args)
     return config
+
+
+def _link(text: str | None, flag: str) -> Link | None:
+    try:
+        return None if text is None else Link.parse(text)
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
 
 
 def generate_rank(args: argparse.Namespace, config: ParallelConfig) -> None:

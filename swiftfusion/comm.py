@@ -161,46 +161,65 @@ def _one_sided(x: torch.Tensor, group: Group, rows: SplitMatrix) -> Pending:
     return Pending([], x).then(lambda _: finish())
 
 
+TAPA_CHUNKS = 2  # pieces of the payload pipelined through TAPA's two phases
+
+
 def tapa_all_to_all(x: torch.Tensor, group: Group, rows: SplitMatrix) -> Pending:
     """Topology-aligned phased all-to-all (CoCoDiff's TAPA), exactly equal to the flat one.
 
     Member (node n, local m) first sends each node-local peer m' everything bound for members
     with local index m' on any node (phase 1, fast links), then each member sends each peer with
     the same local index on another node one bundle of what its node holds for that peer
-    (phase 2, slow links): (nodes - 1) inter-node messages per rank instead of
-    (nodes - 1) × ranks per node, each ranks-per-node times larger. Phase 1 starts at once;
-    phase 2 runs when the result is awaited.
+    (phase 2, slow links): inter-node messages are ranks-per-node times larger than the flat
+    all-to-all's. The payload (the trailing dims) is cut into ``TAPA_CHUNKS`` pieces that run
+    as a pipeline: every piece's phase 1 is posted at once, and a piece's phase 2 is posted as
+    soon as its phase 1 has arrived, so the inter-node phase of one piece runs while the
+    intra-node phase of the next is still moving, on disjoint links.
     """
     local, cross = group.node_local, group.cross_node
     # member[n][m]: group index of the member with node-local index m on the group's n-th node.
     index = {rank: i for i, rank in enumerate(group.ranks)}
     member = [[index[rank] for rank in on_node] for on_node in split_by_node(group.ranks, group.topology)]
     me, n_me, m_me = group.index, cross.index, local.index
-    chunks = dict(zip(range(group.size), x.split([rows[me][j] for j in range(group.size)]), strict=True))
+    nodes, per_node = range(cross.size), range(local.size)
+    flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # a member with no heads has 0 rows
+    pieces = flat.tensor_split(max(1, min(TAPA_CHUNKS, flat.shape[1])), dim=1)
 
-    # Phase 1 (intra-node): to local peer m', my chunks for (n'', m') for every n''.
-    # Node-local member m sends m2 everything it holds for local index m2 (one-sided if so built).
-    send = [chunks[member[n][m]] for m in range(local.size) for n in range(cross.size)]
-    local_rows = [[sum(rows[member[n_me][m]][member[n][m2]] for n in range(cross.size)) for m2 in range(local.size)]
-                  for m in range(local.size)]
-    phase_one = exchange(torch.cat(send), local, local_rows)
+    # Phase 1 (intra-node): to local peer m2, my chunks for (n, m2) for every node n.
+    local_rows = [[sum(rows[member[n_me][m]][member[n][m2]] for n in nodes) for m2 in per_node] for m in per_node]
+    phase_one = []
+    for piece in pieces:
+        chunks = piece.split([rows[me][j] for j in range(group.size)])
+        send = torch.cat([chunks[member[n][m2]] for m2 in per_node for n in nodes])
+        phase_one.append(exchange(send, local, local_rows))
+        events.record("tapa.phase_one.post", len(phase_one) - 1)
 
-    def phase_two(got: torch.Tensor) -> torch.Tensor:
-        # ``got`` holds, per local source m, per node n'': the chunk (n_me, m) -> (n'', m_me).
-        sizes = [rows[member[n_me][m]][member[n][m_me]] for m in range(local.size) for n in range(cross.size)]
-        keys = [(m, n) for m in range(local.size) for n in range(cross.size)]
-        pieces = dict(zip(keys, got.split(sizes), strict=True))
-        # To the peer on node n'', what this node holds for it, local sources in order.
-        send = [pieces[(m, n)] for n in range(cross.size) for m in range(local.size)]
-        in_splits = [sum(rows[member[n_me][m]][member[n][m_me]] for m in range(local.size)) for n in range(cross.size)]
-        out_splits = [sum(rows[member[n][m]][me] for m in range(local.size)) for n in range(cross.size)]
-        got = all_to_all(torch.cat(send), cross, in_splits, out_splits).wait()
-        sizes = [rows[member[n][m]][me] for n in range(cross.size) for m in range(local.size)]
-        sources = [member[n][m] for n in range(cross.size) for m in range(local.size)]
-        by_source = dict(zip(sources, got.split(sizes), strict=True))
-        return torch.cat([by_source[i] for i in range(group.size)])
+    # Phase 2 (inter-node): to the peer (n, m_me), what this node holds for it, local sources in order.
+    held = [rows[member[n_me][m]][member[n][m_me]] for m in per_node for n in nodes]  # as phase 1 delivers
+    in_splits = [sum(rows[member[n_me][m]][member[n][m_me]] for m in per_node) for n in nodes]
+    out_splits = [sum(rows[member[n][m]][me] for m in per_node) for n in nodes]
 
-    return phase_one.then(phase_two)
+    def start_phase_two(got: torch.Tensor) -> Pending:
+        by_key = dict(zip([(m, n) for m in per_node for n in nodes], got.split(held), strict=True))
+        return all_to_all(torch.cat([by_key[(m, n)] for n in nodes for m in per_node]), cross, in_splits, out_splits)
+
+    def finish(_: torch.Tensor) -> torch.Tensor:
+        phase_two = []
+        for c, pending in enumerate(phase_one):
+            got = pending.wait()
+            events.record("tapa.phase_one.arrived", c)
+            phase_two.append(start_phase_two(got))
+            events.record("tapa.phase_two.post", c)
+        sizes = [rows[member[n][m]][me] for n in nodes for m in per_node]
+        sources = [member[n][m] for n in nodes for m in per_node]
+        received = []
+        for pending in phase_two:
+            by_source = dict(zip(sources, pending.wait().split(sizes), strict=True))
+            received.append(torch.cat([by_source[i] for i in range(group.size)]))
+        total = sum(rows[i][me] for i in range(group.size))
+        return torch.cat(received, dim=1).view(total, *x.shape[1:])
+
+    return Pending([], x).then(finish)
 
 
 def ring_shift(x: torch.Tensor, group: Group) -> Pending:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from .topology import Link
+
 DEGREE_NAMES = ("data_degree", "cfg_degree", "pipefusion_degree", "ulysses_degree", "ring_degree")
 CFG_DEGREES = (1, 2)
 SP_LAYOUTS = ("usp", "tas", "auto")
@@ -44,6 +46,9 @@ class ParallelConfig:
       collective.
     - ``v_first``: start V's all-to-all before Q and K are projected, normalised and rotated
       (CoCoDiff's V-First; exact).
+    - ``intra_node_link`` / ``inter_node_link``: bandwidth and latency of the links inside and
+      between nodes (``Link``), for the planner's ``sp_layout="auto"``; default: from the
+      launcher's environment, else ``topology.DEFAULT_LINKS`` (NVLink inside, 400 Gbit/s across).
     - ``world_size``: optional; when given, the product of the degrees must equal it.
     - ``collective_timeout_s``: every collective fails after this many seconds instead of hanging.
     """
@@ -58,6 +63,8 @@ class ParallelConfig:
     sp_algorithm: str = "usp"
     transport: str = "collective"
     v_first: bool = False
+    intra_node_link: Link | None = None
+    inter_node_link: Link | None = None
     world_size: int | None = None
     collective_timeout_s: float = 300.0
 
@@ -89,6 +96,9 @@ class ParallelConfig:
             raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
         if not isinstance(self.v_first, bool):
             raise ValueError(f"v_first must be True or False, got {self.v_first!r}")
+        for name in ("intra_node_link", "inter_node_link"):
+            if not isinstance(getattr(self, name), (Link, type(None))):
+                raise ValueError(f"{name} must be a swiftfusion.Link or None, got {getattr(self, name)!r}")
         timeout = self.collective_timeout_s
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"collective_timeout_s must be a positive number of seconds, got {timeout!r}")

@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 
+from .topology import INTER, LINK_ENV
+
 SUBNET = "10.213.0"  # addresses exist only inside this cluster's own namespaces
 MASTER_PORT = 29400
 RUN_TIMEOUT_S = 600
@@ -101,7 +103,8 @@ class EmulatedCluster:
                 "--nnodes", str(self.nodes), "--nproc-per-node", str(nproc_per_node), "--node-rank", str(node),
                 "--master-addr", self.address(0), "--master-port", str(MASTER_PORT), *python_args,
             ]
-            env = {**os.environ, "GLOO_SOCKET_IFNAME": self.interface(node), "OMP_NUM_THREADS": "1"}
+            env = {**os.environ, "GLOO_SOCKET_IFNAME": self.interface(node), "OMP_NUM_THREADS": "1",
+                   LINK_ENV[INTER]: f"{self.link_gbit:g}"}  # ranks' Topology knows the shaped rate
             logs.append(tempfile.TemporaryFile("w+"))  # a file, not a pipe: a full pipe would block the node
             processes.append(subprocess.Popen(command, stdout=logs[-1], stderr=subprocess.STDOUT, text=True, env=env))
         failed = None

@@ -134,7 +134,7 @@ def build_mesh(config: ParallelConfig, ranks_per_node: int | None = None, layout
     ``layout`` overrides ``config.sp_layout`` (it must be given when that is ``"auto"``)."""
     world = current_world_size()
     config.check_world_size(world)
-    topology = Topology.detect(world, ranks_per_node)
+    topology = Topology.detect(world, ranks_per_node, config.intra_node_link, config.inter_node_link)
     layout = layout or config.sp_layout
     if layout == "auto":
         raise ValueError("sp_layout='auto' is resolved from the model's shape: pass the model to parallelize()")

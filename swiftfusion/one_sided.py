@@ -8,8 +8,8 @@ members that send it anything show the epoch, copies its rows out and acknowledg
 flag word has exactly one writer; on x86 a store is never seen before an earlier one, so a
 raised flag means the data before it is there.
 
-Each sender has ``BUFFERS`` slots per receiver, used by alternate exchanges, so one exchange can
-stay in flight while the next starts (V-First keeps V's in flight while Q/K's runs). Growing the
+Each sender has ``BUFFERS`` slots per receiver, used in turn by successive exchanges, so some can
+stay in flight while the next start (V-First keeps V's in flight while Q/K's runs). Growing the
 buffers is collective and deterministic: every member derives the size from the split matrix
 that all of them know; an exchange keeps the segments it started on until it finishes.
 
@@ -32,7 +32,8 @@ import torch
 import torch.distributed as dist
 
 SHM_DIR = "/dev/shm"
-BUFFERS = 2  # exchanges that may be in flight at once on one transport
+BUFFERS = 4  # exchanges in flight at once on one transport: V-First keeps V's TAPA pieces (2) out
+#             while Q/K's start
 READY, CONSUMED = 0, BUFFERS  # header columns: ready[b] then consumed[b], per sender
 SPIN_BEFORE_SLEEP = 200
 _segment_ids = itertools.count()

@@ -53,6 +53,9 @@ def _error_of(argv, capsys):
          "be > 1); use cfg_degree 1 or a larger guidance_scale"),
         (["--nproc", "4", "--ulysses-degree", "4", "--ranks-per-node", "3"],
          "--ranks-per-node 3 must be a positive divisor of the world size 4"),
+        (["--inter-node-link", "fast"],
+         "--inter-node-link: a link is GBIT_PER_S or GBIT_PER_S,LATENCY_US (e.g. 400,5), got 'fast'"),
+        (["--intra-node-link", "100,-1"], "--intra-node-link: link latency_us must be a number >= 0, got -1.0"),
     ],
 )
 def test_bad_input_is_named_before_any_work(no_work, capsys, tmp_path, extra, message):

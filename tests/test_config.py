@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from swiftfusion import ParallelConfig, Topology
+from swiftfusion import Link, ParallelConfig, Topology
 
 
 def test_defaults_are_one_process():
@@ -56,3 +56,17 @@ def test_topology_detects_torchrun_local_world_size(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert Topology.detect(8).ranks_per_node == 2
     assert Topology.detect(8, ranks_per_node=4).ranks_per_node == 4
+
+
+def test_links_are_declared_or_detected(monkeypatch):
+    assert Link.parse("400,5") == Link(400.0, 5.0) and Link.parse("0.1") == Link(0.1, 0.0)
+    with pytest.raises(ValueError, match=re.escape("link gbit_per_s must be a number > 0, got 0")):
+        Link(0)
+    with pytest.raises(ValueError, match=re.escape("inter_node_link must be a swiftfusion.Link or None, got '1'")):
+        ParallelConfig(inter_node_link="1")
+    # Defaults: a GPU node (NVLink inside, 400 Gbit/s between nodes).
+    assert Topology.detect(8, 4).inter == Link(400.0, 10.0) and Topology.detect(8, 4).intra == Link(3600.0, 3.0)
+    monkeypatch.setenv("SWIFTFUSION_INTER_NODE_LINK", "0.1")  # what the emulated cluster sets
+    assert Topology.detect(8, 4).inter == Link(0.1, 0.0)
+    assert Topology.detect(8, 4, inter=Link(25, 2)).inter == Link(25, 2)  # declared wins
+    assert Link(8, 100).seconds(1e9, 10) == pytest.approx(1.0 + 1e-3)

@@ -84,3 +84,20 @@ def test_bench_bad_input_is_named(capsys):
     )
     with pytest.raises(ValueError, match=re.escape("link_gbit must be a positive number, got 0")):
         EmulatedCluster(2, 0)
+
+
+@pytest.mark.timeout(300)
+def test_bench_step_is_exact_and_counts_bytes():
+    command = [sys.executable, "-m", "swiftfusion", "bench", "step", "--nodes", "2", "--ranks-per-node", "1",
+               "--layout", "usp,torus", "--images", "1", "--repeats", "1", "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=280)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["layout"] for r in results] == ["usp", "torus"]
+    for r in results:
+        config = ParallelConfig(**layout_options(r["layout"], 2, 1))
+        # The built-in model: 4 layers of 4 heads × 16 over 256 tokens; 2 samples (CFG) per image.
+        per_layer = attention_traffic(config, Topology(2, 1), "usp", batch=2, heads=4, tokens=256, head_dim=16)
+        gather = 2 * (2 * 128 * 64 * 4)  # each rank's hidden-state shard to the other, after the last block
+        assert r["inter_node_bytes"] == 4 * per_layer["inter"] + gather and r["intra_node_bytes"] == 0
+        assert r["max_rel_err"] <= 1e-4 and r["step_ms"] > 0

@@ -5,10 +5,10 @@ import pytest
 import torch
 from test_sequence_parallel import _inputs, _mesh, exactness_case
 
-from swiftfusion import ParallelConfig, Topology, comm, parallelize
+from swiftfusion import Link, ParallelConfig, Topology, comm, parallelize
 from swiftfusion.attention import usp_attention
 from swiftfusion.mesh import Placement
-from swiftfusion.planner import attention_traffic, choose_layout
+from swiftfusion.planner import attention_messages_and_bytes, attention_traffic, choose_layout
 from swiftfusion.sequence import SequenceShard
 
 
@@ -41,7 +41,7 @@ def counted_case(ulysses, ring, world, ranks_per_node, layout, heads, seq, all_t
     local = [shard.shard(t, dim=2) for t in (q, k, v)]
     comm.traffic.reset()
     usp_attention(*local, mesh.ulysses, mesh.ring, shard.key_mask(q.shape[0], q.device))
-    return comm.traffic.snapshot()
+    return comm.traffic.snapshot(), dict(comm.traffic.messages)
 
 
 @pytest.mark.parametrize("all_to_all", ["flat", "tapa"])
@@ -52,12 +52,12 @@ def test_counted_bytes_equal_the_model(worlds, all_to_all, layout, world, ulysse
     ranks_per_node = 2
     counted = worlds.get(world).run(counted_case, ulysses, ring, world, ranks_per_node, layout, heads, seq,
                                     all_to_all)
-    total = {link: sum(c[link] for c in counted) for link in ("intra", "inter")}
+    sent, messages = ({link: sum(c[kind][link] for c in counted) for link in ("intra", "inter")} for kind in (0, 1))
     config = ParallelConfig(data_degree=world // (ulysses * ring), ulysses_degree=ulysses, ring_degree=ring,
                             all_to_all=all_to_all)
-    model = attention_traffic(config, Topology(world, ranks_per_node), layout,
-                              batch=2, heads=heads, tokens=seq, head_dim=8)
-    assert total == model
+    model = attention_messages_and_bytes(config, Topology(world, ranks_per_node), layout,
+                                         batch=2, heads=heads, tokens=seq, head_dim=8)
+    assert sent == model.bytes and messages == model.messages
 
 
 def test_ulysses_across_nodes_beats_ring_across_beyond_two_nodes():
@@ -74,6 +74,19 @@ def test_ulysses_across_nodes_beats_ring_across_beyond_two_nodes():
     config = ParallelConfig(ulysses_degree=4, ring_degree=2)
     assert choose_layout(config, Topology(8, 2), heads=8, head_dim=8) == "tas"
     assert choose_layout(ParallelConfig(ulysses_degree=2, ring_degree=2), Topology(4, 2), 8, 8) == "usp"
+
+
+def test_layout_choice_weighs_latency_against_bytes():
+    # 4 nodes of 2, U=4 × R=2: Ulysses across (tas) moves fewer inter-node bytes than usp (whose
+    # Ulysses groups span two nodes and whose Ring goes across), in more messages.
+    config = ParallelConfig(ulysses_degree=4, ring_degree=2)
+    tas = attention_messages_and_bytes(config, Topology(8, 2), "tas", batch=1, heads=8, tokens=64, head_dim=8)
+    usp = attention_messages_and_bytes(config, Topology(8, 2), "usp", batch=1, heads=8, tokens=64, head_dim=8)
+    assert (tas.bytes["inter"], tas.messages["inter"]) == (49152, 48)
+    assert (usp.bytes["inter"], usp.messages["inter"]) == (65536, 40)
+    slow_start = Topology(8, 2, inter=Link(400, 100))
+    assert choose_layout(config, slow_start, heads=8, head_dim=8, tokens=64) == "usp"  # latency-bound
+    assert choose_layout(config, slow_start, heads=8, head_dim=8, tokens=1 << 20) == "tas"  # bandwidth-bound
 
 
 def auto_case(folder, ranks_per_node):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_sequence_parallel import _mesh, exactness_case
 
-from swiftfusion import comm
+from swiftfusion import comm, one_sided
 
 
 @pytest.mark.parametrize(
@@ -54,21 +54,21 @@ def in_flight_case():
     first = comm.exchange(small, group, [[1] * 4] * 4)
     second = comm.exchange(large, group, [[1] * 4] * 4)
     got_second, got_first = second.wait(), first.wait()  # finished out of order, as V-First does
-    third = comm.exchange(small, group, [[1] * 4] * 4)
-    fourth = comm.exchange(small, group, [[1] * 4] * 4)
+    in_flight = [comm.exchange(small, group, [[1] * 4] * 4) for _ in range(one_sided.BUFFERS)]
     try:
         comm.exchange(small, group, [[1] * 4] * 4)
         too_many = None
     except RuntimeError as error:
         too_many = str(error)
-    third.wait(), fourth.wait()
+    for pending in in_flight:
+        pending.wait()
     return got_first[:, 0].tolist(), got_second[:, 0].tolist(), too_many
 
 
 def test_two_exchanges_in_flight(worlds):
     for first, second, too_many in worlds.get(4).run(in_flight_case):
         assert first == [0.0, 1.0, 2.0, 3.0] and second == [10.0, 11.0, 12.0, 13.0]
-        assert too_many == "more than 2 one-sided exchanges in flight on one group"
+        assert too_many == f"more than {one_sided.BUFFERS} one-sided exchanges in flight on one group"
 
 
 def test_repeated_exchanges_equal_the_collective_and_clean_up(worlds):

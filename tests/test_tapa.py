@@ -49,7 +49,8 @@ def test_same_inter_bytes_in_fewer_messages(worlds, world, ranks_per_node):
     for (flat_bytes, flat_messages), (tapa_bytes, tapa_messages) in zip(flat, phased, strict=True):
         assert flat_bytes["inter"] == tapa_bytes["inter"] == (nodes - 1) * per_node * chunk
         assert flat_messages["inter"] == (nodes - 1) * per_node
-        assert tapa_messages["inter"] == nodes - 1  # one bundle per remote node
+        # One bundle per remote node and pipelined piece, each per_node / TAPA_CHUNKS times larger.
+        assert tapa_messages["inter"] == (nodes - 1) * comm.TAPA_CHUNKS
         # Phase 1 relays what other nodes' members get through local peers: more intra bytes.
         assert tapa_bytes["intra"] == (per_node - 1) * nodes * chunk
 
@@ -58,6 +59,23 @@ def test_same_inter_bytes_in_fewer_messages(worlds, world, ranks_per_node):
 def test_attention_with_tapa_matches_single_process(worlds, world, ulysses, ring, ranks_per_node):
     for errors in worlds.get(world).run(exactness_case, ulysses, ring, world, ranks_per_node, dict(all_to_all="tapa")):
         assert max(errors.values()) <= 1e-4, errors
+
+
+def pipeline_case(world, ranks_per_node):
+    mesh = _mesh(world, 1, world, ranks_per_node, all_to_all="tapa")
+    with comm.events.capture() as log:
+        comm.exchange(torch.randn(world * 4, 16), mesh.ulysses, [[4] * world] * world).wait()
+    return log
+
+
+def test_phases_are_pipelined(worlds):
+    # Piece 0 goes across nodes while piece 1's intra-node phase is still in flight.
+    for log in worlds.get(4).run(pipeline_case, 4, 2):
+        assert comm.TAPA_CHUNKS == 2 and log == [
+            ("tapa.phase_one.post", 0), ("tapa.phase_one.post", 1),
+            ("tapa.phase_one.arrived", 0), ("tapa.phase_two.post", 0),
+            ("tapa.phase_one.arrived", 1), ("tapa.phase_two.post", 1),
+        ]
 
 
 def test_one_rank_per_node_stays_flat(worlds):

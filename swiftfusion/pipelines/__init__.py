@@ -51,7 +51,7 @@ def _mesh_for(model: torch.nn.Module, config: ParallelConfig, ranks_per_node: in
     layout = None
     if config.sp_layout == "auto":
         config.check_world_size(world_size())
-        topology = Topology.detect(world_size(), ranks_per_node)
+        topology = Topology.detect(world_size(), ranks_per_node, config.intra_node_link, config.inter_node_link)
         layout = choose_layout(config, topology, *attention_shape(model))
     return build_mesh(config, ranks_per_node, layout)
 

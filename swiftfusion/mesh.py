@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import torch.distributed as dist
 
 from .config import ParallelConfig
+from .runtime import default_device
 from .runtime import rank as current_rank
 from .runtime import world_size as current_world_size
 from .topology import Topology
@@ -153,10 +154,10 @@ def build_mesh(config: ParallelConfig, ranks_per_node: int | None = None, layout
             return None
         group = Group(members, members.index(me), topology, pg)
         if config.transport == "one_sided" and pg is not None and len(split_by_node(members, topology)) == 1:
-            from .one_sided import SharedMemoryTransport
+            from .one_sided import transport_for
 
-            group = replace(group, one_sided=SharedMemoryTransport(members, group.index, pg,
-                                                                   config.collective_timeout_s))
+            transport = transport_for(default_device(), members, group.index, pg, config.collective_timeout_s)
+            group = replace(group, one_sided=transport)
         return group
 
     def group_along(axes: tuple[str, ...]) -> Group:

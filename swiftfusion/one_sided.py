@@ -15,7 +15,10 @@ that all of them know; an exchange keeps the segments it started on until it fin
 
 Part of the comm layer: ``comm.exchange`` and ``comm.ring_shift`` use it for groups inside one
 node when the config asks for ``transport="one_sided"``; traffic between nodes stays collective.
-The GPU counterpart (CUDA symmetric memory) is not written yet: there is no GPU to test it on.
+``transport_for`` picks the kind: these shared-memory segments for CPU tensors, or
+``CudaSymmetricMemoryTransport`` on GPUs (the same puts into symmetric buffers allocated with
+``torch.distributed._symmetric_memory``). The CUDA one has NOT run yet: no GPU was available to
+any session so far; CI exercises only the CPU one.
 """
 
 from __future__ import annotations
@@ -183,3 +186,76 @@ class SharedMemoryTransport:
         if self.current is not None:
             self.current.close()
             self.current = None
+
+
+class CudaSymmetricMemoryTransport:
+    """The same one-sided all-to-all on GPUs of one node (UNTESTED: no GPU has been available).
+
+    Every member's receive buffer is allocated with ``torch.distributed._symmetric_memory`` and
+    mapped by its peers (NVLink P2P); a put is a device copy straight into the receiver's slot.
+    GPU work is ordered per stream, so the flags of the CPU transport become two device-side
+    barriers on a side stream: one before the puts (every member is past its reads of the slots
+    about to be reused: all members issue exchanges in the same order) and one after them (every
+    put has landed). ``finish`` makes the caller's stream wait for the side stream and copies the
+    rows out, so compute issued between ``start`` and ``finish`` overlaps the transfer.
+    """
+
+    def __init__(self, ranks: tuple[int, ...], index: int, process_group, timeout_s: float) -> None:
+        self.ranks, self.index, self.size = ranks, index, len(ranks)
+        self.process_group = process_group
+        self.timeout_ms = int(timeout_s * 1000)
+        self.buffer: torch.Tensor | None = None
+        self.handle = None
+        self.slot_bytes = 0
+        self.epoch = 0
+        self.stream = None
+        self.backend_rank = [sorted(ranks).index(r) for r in ranks]  # torch's groups sort their ranks
+
+    def start(self, x: torch.Tensor, rows: list[list[int]]):
+        import torch.distributed._symmetric_memory as symm_mem
+
+        x = x.contiguous()
+        row_bytes = math.prod(x.shape[1:]) * x.element_size()
+        needed = max(max(r) for r in rows) * row_bytes
+        if needed > self.slot_bytes:  # collective and deterministic, as in the CPU transport
+            torch.cuda.current_stream().synchronize()  # exchanges in flight finish on the old buffer
+            self.slot_bytes = max(needed, 2 * self.slot_bytes, 1 << 20)
+            self.buffer = symm_mem.empty(BUFFERS * self.size * self.slot_bytes, dtype=torch.uint8, device=x.device)
+            self.handle = symm_mem.rendezvous(self.buffer, self.process_group)
+            self.stream = self.stream or torch.cuda.Stream(device=x.device)
+        self.epoch += 1
+        me, buffer, handle = self.index, self.epoch % BUFFERS, self.handle
+        flat = x.view(-1).view(torch.uint8) if x.numel() else torch.empty(0, dtype=torch.uint8, device=x.device)
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            handle.barrier(channel=0, timeout_ms=self.timeout_ms)
+            offset = 0
+            for j in range(self.size):
+                nbytes = rows[me][j] * row_bytes
+                if nbytes:
+                    slot = (buffer * self.size + me) * self.slot_bytes
+                    peer = self.backend_rank[j]
+                    handle.get_buffer(peer, (nbytes,), torch.uint8, slot).copy_(flat[offset : offset + nbytes])
+                    offset += nbytes
+            handle.barrier(channel=0, timeout_ms=self.timeout_ms)
+        x.record_stream(self.stream)
+        shape, dtype = x.shape[1:], x.dtype
+        total = sum(rows[i][me] for i in range(self.size))
+        own = self.buffer
+
+        def finish() -> torch.Tensor:
+            torch.cuda.current_stream().wait_stream(self.stream)
+            chunks = [own[(buffer * self.size + i) * self.slot_bytes:][: rows[i][me] * row_bytes]
+                      for i in range(self.size)]
+            return torch.cat(chunks).view(dtype).view(total, *shape)
+
+        return finish
+
+    def close(self) -> None:
+        self.buffer = self.handle = None
+
+
+def transport_for(device: torch.device, ranks: tuple[int, ...], index: int, process_group, timeout_s: float):
+    """The one-sided transport for tensors on ``device``: shared memory (CPU) or CUDA symmetric memory."""
+    kind = CudaSymmetricMemoryTransport if device.type == "cuda" else SharedMemoryTransport
+    return kind(ranks, index, process_group, timeout_s)

@@ -38,16 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="swiftfusion", description="Parallel inference for Diffusion Transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate images", description="Generate images.")
-    _flag(gen, "model", default=BUILTIN_MODELS[0], help=f"model name (available: {', '.join(BUILTIN_MODELS)})")
-    _flag(gen, "prompt", type=int, required=True, help="the digit to draw, 0-9 (builtin:digits)")
-    _flag(gen, "num-images", type=int, default=1, help="images to generate (default 1)")
-    _flag(gen, "steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
-    _flag(gen, "guidance-scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
-          help=f"classifier-free guidance scale; <= 1 turns it off (default {DEFAULT_GUIDANCE_SCALE})")
+    _flag(gen, "model", default=BUILTIN_MODELS[0],
+          help=f"{', '.join(BUILTIN_MODELS)} (default), or a diffusers pipeline: a local folder or a hub id")
+    _flag(gen, "prompt", required=True, help="the text prompt; for builtin:digits the digit to draw, 0-9")
+    _flag(gen, "negative-prompt", help="what to steer away from (pipelines that take one)")
+    _flag(gen, "num-images", type=int, help="images (or videos) to generate (default 1)")
+    _flag(gen, "steps", type=int, help=f"denoising steps (default: the pipeline's; {DEFAULT_STEPS} for builtin:digits)")
+    _flag(gen, "guidance-scale", type=float,
+          help=f"guidance scale (default: the pipeline's; {DEFAULT_GUIDANCE_SCALE} for builtin:digits)")
+    for name, text in (("height", "image height in pixels"), ("width", "image width in pixels"),
+                       ("num-frames", "video frames"), ("max-sequence-length", "text tokens (T5)")):
+        _flag(gen, name, type=int, help=f"{text} (default: the pipeline's)")
     _flag(gen, "seed", type=int, default=0)
+    _flag(gen, "dtype", default="float32", help="float32 (default), bfloat16 or float16 (diffusers pipelines)")
+    _flag(gen, "trust-remote-code", action="store_true", help="let diffusers run code shipped with the model")
     out = gen.add_mutually_exclusive_group(required=True)
-    out.add_argument("--output", help="PNG file: all images as one grid")
-    _flag(out, "output-dir", help="folder: one PNG per image, named 000.png, 001.png, ...")
+    out.add_argument("--output", help="PNG file (images) or GIF file (videos): all of them as one grid")
+    _flag(out, "output-dir", help="folder: one file per image or video, named 000.png (000.gif), 001.png, ...")
     _flag(gen, "nproc", type=int, help="start this many local ranks (omit under torchrun)")
     for axis, text in [("data", "prompts/images split across rank groups"),
                        ("cfg", "1, or 2 to run the guidance branches on different ranks"),
@@ -76,14 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_output(args: argparse.Namespace) -> None:
+def _check_output(args: argparse.Namespace, suffix: str) -> None:
     """Fails now, not after generating, if the output cannot be written."""
     if args.output is not None:
         target = Path(args.output)
-        if target.suffix.lower() != ".png":
-            raise ValueError(f"--output must name a .png file, got {args.output!r}")
+        if target.suffix.lower() != suffix:
+            raise ValueError(f"--output must name a {suffix} file, got {args.output!r}")
         if target.is_dir():
-            raise ValueError(f"--output {args.output!r} is a directory; give a .png file name or use --output-dir")
+            raise ValueError(f"--output {args.output!r} is a directory; give a {suffix} file name or use --output-dir")
         _check_writable_dir(target.parent, f"--output {args.output!r}")
     else:
         folder = Path(args.output_dir)
@@ -108,11 +115,14 @@ def _check_writable_dir(folder: Path, what: str) -> None:
 
 def check_generate_args(args: argparse.Namespace) -> ParallelConfig:
     """Every check that can fail, before any work; returns the parallel config."""
+    from .models import BUILTIN_MODELS
     from .pipelines import check_model_name
-    from .pipelines.digits import check_generation_args
 
-    check_model_name(args.model)
-    check_generation_args([args.prompt], args.num_images, args.steps, args.guidance_scale, args.cfg_degree)
+    if args.model in BUILTIN_MODELS or args.model.startswith("builtin:"):
+        check_model_name(args.model)
+        suffix = _check_digits_args(args)
+    else:
+        suffix = _check_pipeline_args(args)
     if args.nproc is not None and (args.nproc < 1):
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc is not None and launched_world_size() > 1:
@@ -130,8 +140,47 @@ def check_generate_args(args: argparse.Namespace) -> ParallelConfig:
     )
     if args.ranks_per_node is not None and (args.ranks_per_node < 1 or world % args.ranks_per_node):
         raise ValueError(f"--ranks-per-node {args.ranks_per_node} must be a positive divisor of the world size {world}")
-    _check_output(args)
+    _check_output(args, suffix)
     return config
+
+
+DIFFUSERS_ONLY = ("negative_prompt", "height", "width", "num_frames", "max_sequence_length")
+
+
+def _check_digits_args(args: argparse.Namespace) -> str:
+    from .models.digits import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
+    from .pipelines.digits import check_generation_args
+
+    for option in DIFFUSERS_ONLY:
+        if getattr(args, option) is not None:
+            raise ValueError(f"--{option.replace('_', '-')} is not an option of {args.model}")
+    try:
+        args.prompt = int(args.prompt)
+    except ValueError:
+        raise ValueError(f"digit must be an integer from 0 to 9, got {args.prompt!r}") from None
+    args.num_images = 1 if args.num_images is None else args.num_images
+    args.steps = DEFAULT_STEPS if args.steps is None else args.steps
+    args.guidance_scale = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
+    check_generation_args([args.prompt], args.num_images, args.steps, args.guidance_scale, args.cfg_degree)
+    return ".png"
+
+
+def _check_pipeline_args(args: argparse.Namespace) -> str:
+    """Checks a diffusers pipeline run; sets ``args.pipeline_class`` and ``args.call`` (its arguments)."""
+    from .pipelines import diffusers_pipelines
+
+    if args.dtype not in diffusers_pipelines.DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(diffusers_pipelines.DTYPES)}, got {args.dtype!r}")
+    for option in ("num_images", "steps", "height", "width", "num_frames", "max_sequence_length"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+    if args.guidance_scale is not None and not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
+        raise ValueError(f"--guidance-scale must be a finite number >= 0, got {args.guidance_scale}")
+    args.pipeline_class = diffusers_pipelines.pipeline_class(args.model)
+    options = {name: getattr(args, name) for name in diffusers_pipelines.CALL_ARGUMENTS}
+    args.call = diffusers_pipelines.call_arguments(args.pipeline_class, options)
+    return ".gif" if diffusers_pipelines.output_kind(args.pipeline_class) == "video" else ".png"
 
 
 def _link(text: str | None, flag: str) -> Link | None:
@@ -145,6 +194,9 @@ def generate_rank(args: argparse.Namespace, config: ParallelConfig) -> None:
     """One rank's share of ``swiftfusion generate``; rank 0 writes the output."""
     from . import runtime
     from .pipelines import load_pipeline, parallelize
+
+    if getattr(args, "pipeline_class", None) is not None:
+        return _generate_with_diffusers(args, config)
 
     pipe = load_pipeline(args.model)
     if config.product > 1:
@@ -160,6 +212,29 @@ def generate_rank(args: argparse.Namespace, config: ParallelConfig) -> None:
         else:
             save_each(result.images, args.output_dir)
             print(f"wrote {result.images.shape[0]} images to {args.output_dir}")
+
+
+def _generate_with_diffusers(args: argparse.Namespace, config: ParallelConfig) -> None:
+    import torch
+
+    from . import runtime
+    from .images import channels_first, save_each, save_each_video, save_grid, save_video_grid
+    from .pipelines import diffusers_pipelines, parallelize
+
+    pipe = diffusers_pipelines.load(args.model, args.dtype, args.trust_remote_code).to(runtime.default_device())
+    if config.product > 1:
+        pipe = parallelize(pipe, config, ranks_per_node=args.ranks_per_node)
+    pipe.set_progress_bar_config(disable=runtime.rank() != 0)
+    result = pipe(**args.call, generator=torch.Generator().manual_seed(args.seed), output_type="np")
+    if runtime.rank() != 0:
+        return
+    if diffusers_pipelines.output_kind(args.pipeline_class) == "video":
+        videos = torch.stack([channels_first(video) for video in result.frames])  # [N, F, C, H, W]
+        save_video_grid(videos, args.output) if args.output else save_each_video(videos, args.output_dir)
+    else:
+        images = channels_first(result.images)
+        save_grid(images, args.output) if args.output else save_each(images, args.output_dir)
+    print(f"wrote {args.output or args.output_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,15 +34,34 @@ def grid(images: torch.Tensor) -> Image.Image:
 
 
 def write_png_atomically(image: Image.Image, path: str | os.PathLike) -> None:
+    _write_atomically(path, lambda f: image.save(f, format="PNG"))
+
+
+def _write_atomically(path: str | os.PathLike, write) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def channels_first(images: np.ndarray) -> torch.Tensor:
+    """diffusers' ``output_type="np"`` images ``[N, H, W, C]`` -> ``[N, C, H, W]`` tensors."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+
+GIF_FRAME_MS = 125
+
+
+def save_video_grid(videos: torch.Tensor, path: str | os.PathLike) -> None:
+    """``[N, F, C, H, W]`` floats in [0, 1] -> one animated GIF, the N videos side by side."""
+    frames = [grid(videos[:, f]) for f in range(videos.shape[1])]
+    _write_atomically(path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
+                                                     duration=GIF_FRAME_MS, loop=0))
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike) -> None:
@@ -54,3 +73,10 @@ def save_each(images: torch.Tensor, folder: str | os.PathLike) -> None:
     folder.mkdir(parents=False, exist_ok=True)
     for i, pixels in enumerate(to_uint8(images)):
         write_png_atomically(Image.fromarray(pixels.squeeze(-1)), folder / f"{i:03d}.png")
+
+
+def save_each_video(videos: torch.Tensor, folder: str | os.PathLike) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=False, exist_ok=True)
+    for i, video in enumerate(videos):
+        save_video_grid(video[None], folder / f"{i:03d}.gif")

@@ -114,6 +114,7 @@ class ParallelMesh:
     coords: dict[str, int]
     data: Group
     cfg: Group
+    batch: Group  # data × cfg: the ranks that split a transformer call's batch between them
     ulysses: Group
     ring: Group
     sp: Group  # Ulysses × Ring, in sp_index order
@@ -194,6 +195,7 @@ def build_mesh(config: ParallelConfig, ranks_per_node: int | None = None, layout
         coords=placement.coords_of(me),
         data=group_along(("data",)),
         cfg=group_along(("cfg",)),
+        batch=group_along(("data", "cfg")),
         ulysses=ulysses_group(),
         ring=group_along(("ring",)),
         sp=group_along(("ring", "ulysses")),

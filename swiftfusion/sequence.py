@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from . import comm
 from .mesh import Group
@@ -38,9 +37,10 @@ class SequenceShard:
         """This rank's chunk of ``x`` along ``dim`` (which must be ``total`` long)."""
         if x.shape[dim] != self.total:
             raise ValueError(f"expected {self.total} tokens along dim {dim}, got {x.shape[dim]}")
-        if self.has_padding:
-            pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, self.padded - self.total]
-            x = F.pad(x, pad)
+        if self.has_padding:  # zeros of any dtype (bool masks, complex rotary factors included)
+            shape = list(x.shape)
+            shape[dim] = self.padded - self.total
+            x = torch.cat([x, x.new_zeros(shape)], dim)
         return x.narrow(dim, self.group.index * self.local, self.local)
 
     def gather(self, x: torch.Tensor, dim: int) -> torch.Tensor:

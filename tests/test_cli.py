@@ -37,7 +37,8 @@ def _error_of(argv, capsys):
         (["--prompt", "-1"], "digit must be an integer from 0 to 9, got -1"),
         (["--steps", "0"], "num_inference_steps must be an integer >= 1, got 0"),
         (["--num-images", "0"], "num_images_per_prompt must be an integer >= 1, got 0"),
-        (["--model", "flux-dev"], "unknown model 'flux-dev'; available: builtin:digits"),
+        (["--model", "builtin:flux"], "unknown model 'builtin:flux'; available: builtin:digits"),
+        (["--prompt", "seven"], "digit must be an integer from 0 to 9, got 'seven'"),
         (["--nproc", "4", "--ulysses-degree", "3"],
          "the parallel degrees multiply to 3 (data 1 × cfg 1 × pipefusion 1 × ulysses 3 × ring 1) but the world "
          "size is 4; choose degrees whose product is 4"),

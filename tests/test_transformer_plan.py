@@ -36,16 +36,6 @@ def test_unsupported_model_is_named():
         parallelize(torch.nn.Linear(2, 2), ParallelConfig())
 
 
-def test_bare_transformer_rejects_data_parallel(tiny_dit_folder):
-    from diffusers import DiTTransformer2DModel
-
-    model = DiTTransformer2DModel.from_pretrained(tiny_dit_folder, low_cpu_mem_usage=False)
-    message = ("a bare DiTTransformer2DModel runs with sequence parallelism only; data_degree and cfg_degree "
-               "must be 1, got 1 and 2")
-    with pytest.raises(ValueError, match=re.escape(message)):
-        parallelize(model, ParallelConfig(cfg_degree=2))
-
-
 def options_case(folder, options):
     from diffusers import DiTTransformer2DModel
 

@@ -13,7 +13,7 @@ from ..planner import choose_layout
 from ..runtime import init_distributed, world_size
 from ..topology import Topology
 from .digits import DigitsOutput, DigitsPipeline
-from .split import GenerationSplit
+from .split import GenerationSplit, apply_batch_split
 
 
 def parallelize(target, config: ParallelConfig, ranks_per_node: int | None = None):
@@ -21,8 +21,11 @@ def parallelize(target, config: ParallelConfig, ranks_per_node: int | None = Non
 
     - a ``DigitsPipeline``: sequence parallel inside the transformer, CFG and data parallel
       around it; every rank returns the full, ordered batch of images.
-    - a bare diffusers transformer with a plan: every rank passes the full inputs and gets the
-      full output; only the sequence-parallel degrees apply.
+    - a diffusers pipeline whose ``transformer`` has a plan (``models.plan.PLANS``), or such a bare
+      transformer: sequence parallel inside the transformer; data and CFG parallel split each
+      transformer call's batch (a CFG pipeline stacks its two branches into one batch, so they run
+      on different ranks). Every rank passes the full inputs and gets the full outputs; text
+      encoders and the VAE run whole on every rank.
 
     Joins torch.distributed from the launcher's environment (torchrun variables) if needed.
     """
@@ -33,16 +36,16 @@ def parallelize(target, config: ParallelConfig, ranks_per_node: int | None = Non
         apply_sequence_parallel(target.transformer, mesh)
         target.split = GenerationSplit(mesh)
         return target
-    if isinstance(target, torch.nn.Module) and type(target).__name__ in PLANS:
-        if config.data_degree != 1 or config.cfg_degree != 1:
-            raise ValueError(
-                f"a bare {type(target).__name__} runs with sequence parallelism only; data_degree "
-                f"and cfg_degree must be 1, got {config.data_degree} and {config.cfg_degree}"
-            )
-        return apply_sequence_parallel(target, _mesh_for(target, config, ranks_per_node))
+    transformer = target if isinstance(target, torch.nn.Module) else getattr(target, "transformer", None)
+    if transformer is not None and type(transformer).__name__ in PLANS:
+        mesh = _mesh_for(transformer, config, ranks_per_node)
+        apply_sequence_parallel(transformer, mesh)
+        apply_batch_split(transformer, mesh.batch, PLANS[type(transformer).__name__].unbatched)
+        return target
     raise ValueError(
         f"cannot parallelize {type(target).__name__}; supported: DigitsPipeline "
-        f"({', '.join(BUILTIN_MODELS)}) and the transformer models {', '.join(sorted(PLANS))}"
+        f"({', '.join(BUILTIN_MODELS)}), and diffusers pipelines or bare transformers of the classes "
+        f"{', '.join(sorted(PLANS))}"
     )
 
 

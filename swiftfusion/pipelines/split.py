@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
 
 from .. import comm
-from ..mesh import ParallelMesh
+from ..mesh import Group, ParallelMesh
 
 Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -56,3 +57,44 @@ class GenerationSplit:
         else:
             cond_pred, uncond_pred = predict(torch.cat([x, x]), torch.cat([cond, uncond])).chunk(2)
         return uncond_pred + scale * (cond_pred - uncond_pred)
+
+
+def apply_batch_split(model: torch.nn.Module, group: Group, unbatched: tuple[str, ...] = ()) -> None:
+    """Data and CFG parallel for a diffusers transformer: each member of ``group`` runs the call on
+    its chunk of the batch (the last chunk padded by repeating the final sample) and every member
+    gets the whole output, in order. A pipeline that stacks the unconditional and conditional
+    inputs into one batch thus runs them on different ranks. ``unbatched``: arguments without a
+    batch dimension, left whole."""
+    if group.size == 1:
+        return
+    names = list(inspect.signature(model.forward).parameters)
+    calls: list[int] = []  # the batch size of the call in progress
+
+    def split_inputs(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        batch = hidden.shape[0]
+        calls.append(batch)
+        per_rank = -(-batch // group.size)
+        index = torch.arange(group.index * per_rank, (group.index + 1) * per_rank).clamp(max=batch - 1)
+
+        def take(name: str, value):
+            if name in unbatched or not isinstance(value, torch.Tensor) or value.ndim == 0 or value.shape[0] != batch:
+                return value
+            return value.index_select(0, index.to(value.device))
+
+        args = tuple(take(names[i], value) for i, value in enumerate(args))
+        return args, {name: take(name, value) for name, value in kwargs.items()}
+
+    def gather_output(module, args, kwargs, output):
+        batch = calls.pop()
+
+        def whole(local: torch.Tensor) -> torch.Tensor:
+            return comm.all_gather(local, group, dim=0)[:batch]
+
+        if isinstance(output, tuple):
+            return (whole(output[0]), *output[1:])
+        output.sample = whole(output.sample)
+        return output
+
+    model.register_forward_pre_hook(split_inputs, with_kwargs=True)
+    model.register_forward_hook(gather_output, with_kwargs=True)

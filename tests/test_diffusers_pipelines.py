@@ -1,0 +1,97 @@
+"""Real diffusers pipelines (tiny, random weights, built offline, saved and loaded back) run by
+swiftfusion on several ranks against plain diffusers in one process; ``generate --model``."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from reference import max_rel_err
+from tiny_pipelines import CALLS, save_pipeline
+
+from swiftfusion import ParallelConfig, cli, parallelize
+
+LAYOUTS = {  # name: (world, options)
+    "ulysses2": (2, dict(ulysses_degree=2)),
+    "ring2": (2, dict(ring_degree=2)),
+    "usp2x2": (4, dict(ulysses_degree=2, ring_degree=2)),
+    "cfg2-ulysses2": (4, dict(cfg_degree=2, ulysses_degree=2)),
+    "data2": (2, dict(data_degree=2)),
+}
+PROMPTS = ["a red cat on a tree", "the big blue city"]
+
+
+@pytest.fixture(scope="session")
+def flux_folder(tmp_path_factory):
+    return save_pipeline("flux", str(tmp_path_factory.mktemp("flux-pipeline")))
+
+
+def pipeline_case(name, folder, options):
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(folder, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(output_type):
+        return pipe(PROMPTS, num_images_per_prompt=2, num_inference_steps=2, output_type=output_type,
+                    generator=torch.Generator().manual_seed(0), **CALLS[name]).images
+
+    with torch.no_grad():
+        latents, images = run("latent"), run("np")
+        parallelize(pipe, ParallelConfig(collective_timeout_s=60, **options))
+        parallel_latents, parallel_images = run("latent"), run("np")
+    return max_rel_err(parallel_latents, latents), float(np.abs(parallel_images - images).max())
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_flux_pipeline_matches_diffusers(worlds, flux_folder, layout):
+    world, options = LAYOUTS[layout]
+    for latent_err, pixel_err in worlds.get(world).run(pipeline_case, "flux", flux_folder, options, timeout=300):
+        assert latent_err <= 1e-4 and pixel_err <= 1 / 255, (latent_err, pixel_err)
+
+
+def _generate(*args):
+    command = [sys.executable, "-m", "swiftfusion", "generate", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.timeout(600)
+def test_generate_flux_folder_usp_equals_single_process(flux_folder, tmp_path):
+    common = ["--model", flux_folder, "--prompt", "a green tree", "--steps", "2", "--height", "20", "--width", "20",
+              "--max-sequence-length", "7", "--num-images", "2", "--seed", "1"]
+    _generate(*common, "--output", str(tmp_path / "one.png"))
+    _generate(*common, "--output", str(tmp_path / "usp.png"), "--nproc", "4", "--ulysses-degree", "2",
+              "--ring-degree", "2")
+    one, usp = (np.asarray(Image.open(tmp_path / name)).astype(int) for name in ("one.png", "usp.png"))
+    assert one.shape == usp.shape == (2 + 20 + 2, 2 * 22 + 2, 3)  # two 20×20 images side by side
+    assert np.abs(one - usp).max() <= 1 and one.std() > 1
+
+
+def test_unsupported_pipeline_and_options_are_named(flux_folder, tmp_path, capsys):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    cases = [
+        (["--model", str(tmp_path / "other")], "unsupported pipeline class 'StableDiffusionPipeline'; supported: "
+         "CogVideoXPipeline, FluxPipeline, HunyuanDiTPipeline, HunyuanVideoPipeline, LattePipeline, "
+         "PixArtAlphaPipeline, PixArtSigmaPipeline, QwenImagePipeline, StableDiffusion3Pipeline, WanPipeline"),
+        (["--model", flux_folder, "--num-frames", "9"], "--num-frames is not an option of FluxPipeline"),
+        (["--model", flux_folder, "--dtype", "float8"],
+         "--dtype must be one of float32, bfloat16, float16, got 'float8'"),
+        (["--model", flux_folder, "--output", str(tmp_path / "x.gif")],
+         f"--output must name a .png file, got {str(tmp_path / 'x.gif')!r}"),
+        (["--model", "flux-dev"], "--model 'flux-dev' is not a built-in model (builtin:digits), a pipeline folder, "
+         "or a hub id (organisation/name)"),
+        (["--height", "32"], "--height is not an option of builtin:digits"),
+    ]
+    for extra, message in cases:
+        argv = ["generate", "--prompt", "3", "--output", str(tmp_path / "x.png"), *extra]
+        if "--output" in extra:
+            argv = ["generate", "--prompt", "3", *extra]
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        assert capsys.readouterr().err.strip() == f"swiftfusion: error: {message}"
+    assert not (tmp_path / "x.png").exists()

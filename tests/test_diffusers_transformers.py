@@ -40,3 +40,29 @@ def test_family_matches_single_process(worlds, family_folders, family, layout):
     world, options = LAYOUTS[layout]
     for first, second in worlds.get(world).run(family_case, family, family_folders[family], options):
         assert first <= 1e-4 and second <= 1e-4, (first, second)
+
+
+def v_first_case(name, folder, options):
+    from swiftfusion import comm
+
+    model = load_family(name, folder)
+    inputs = family_inputs(name, 2, seed=4)
+    with torch.no_grad():
+        expected = model(**inputs).sample
+        parallelize(model, ParallelConfig(collective_timeout_s=30, v_first=True, **options))
+        with comm.events.capture() as log:
+            actual = model(**inputs).sample
+    names = [name for name, _ in log if name.startswith("v_first")]
+    return max_rel_err(actual, expected), names
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3", "wan", "cogvideox", "qwenimage", "hunyuanvideo"])
+def test_v_first_inside_diffusers_processors(worlds, family_folders, family):
+    # V's all-to-all starts when Q or K is projected (not in a fallback at attention): every
+    # attention call starts V there before Q/K are ready (joint attention: text V and image V).
+    for error, names in worlds.get(4).run(v_first_case, family, family_folders[family],
+                                          dict(ulysses_degree=2, ring_degree=2)):
+        assert error <= 1e-4, error
+        assert names and names[-1] == "v_first.qk_ready"
+        calls = " ".join(names).split("v_first.qk_ready")[:-1]
+        assert all("v_first.v_started_at_projection" in call for call in calls), names

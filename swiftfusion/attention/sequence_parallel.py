@@ -126,13 +126,26 @@ def usp_attention_v_first(
 ) -> torch.Tensor:
     """USP with CoCoDiff's V-First: V's all-to-all starts before ``project_qk`` computes Q and K
     (projection, norm, rotary), so that work hides V's transfer. Same result as ``usp_attention``."""
-    pending_v = start_scatter_heads(v, ulysses)
+    return usp_attention_v_started(start_scatter_heads(v, ulysses), v.shape[1], project_qk, ulysses, ring,
+                                   key_mask, scale)
+
+
+def usp_attention_v_started(
+    scattered_v: comm.Pending,
+    heads: int,
+    project_qk: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    ulysses: Group,
+    ring: Group,
+    key_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """USP whose V scatter (``start_scatter_heads``) is already in flight; ``heads``: all heads."""
     comm.events.record("v_first.v_posted", 0)
     q, k = project_qk()
     comm.events.record("v_first.qk_ready", 0)
     q, k = ulysses_scatter_heads(torch.stack([q, k]), ulysses).unbind(0)
-    out = ring_attention(q, k, pending_v.wait(), ring, key_mask, scale)
-    return ulysses_gather_heads(out, ulysses, v.shape[1])
+    out = ring_attention(q, k, scattered_v.wait(), ring, key_mask, scale)
+    return ulysses_gather_heads(out, ulysses, heads)
 
 
 def ulysses_attention(q, k, v, ulysses: Group, key_mask=None, scale=None) -> torch.Tensor:

@@ -27,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 
 from .. import comm
 from ..attention import configured_attention
+from ..attention.sequence_parallel import start_scatter_heads
 from ..mesh import ParallelMesh
 from ..sequence import SequenceShard
 
@@ -224,15 +225,21 @@ def _input_hook(where: Where, state: _ForwardState, signature_of: torch.nn.Modul
 
 class _SequenceParallelSDPA(TorchFunctionMode):
     """Inside one attention module: ``scaled_dot_product_attention`` on this rank's tokens becomes
-    attention over every rank's tokens. Other torch calls pass through."""
+    attention over every rank's tokens. Other torch calls pass through, except with V-First (see
+    ``_VFirst``)."""
 
-    def __init__(self, state: _ForwardState, streams: tuple[str, ...]) -> None:
+    def __init__(self, state: _ForwardState, streams: tuple[str, ...], attn: torch.nn.Module) -> None:
         super().__init__()
         self.state, self.streams = state, streams
+        config, mesh = state.mesh.config, state.mesh
+        use_v_first = config.v_first and config.sp_algorithm == "usp" and mesh.ulysses.size > 1
+        self.v_first = _VFirst(attn, mesh) if use_v_first else None
         self.calls = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is F.linear and self.v_first is not None:
+            return self.v_first.linear(func, args, kwargs)
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
         bound = _SDPA_SIGNATURE.bind(*args, **kwargs).arguments
@@ -246,7 +253,69 @@ class _SequenceParallelSDPA(TorchFunctionMode):
         if bound.get("attn_mask") is not None:  # e.g. padded prompts: which of this rank's keys count
             keys = comm.all_gather(_local_key_mask(bound["attn_mask"], q.shape[0], k.shape[-2]), self.state.mesh.sp, 1)
             mask = keys if mask is None else mask & keys
-        return configured_attention(self.state.mesh, v, lambda: (q, k), mask, bound.get("scale")).to(q.dtype)
+        scattered_v = self.v_first.scattered(v) if self.v_first is not None else None
+        return configured_attention(self.state.mesh, v, lambda: (q, k), mask, bound.get("scale"),
+                                    scattered_v).to(q.dtype)
+
+
+class _VFirst:
+    """CoCoDiff's V-First inside diffusers' own attention processors, without copying them: when
+    the processor projects Q or K from an input (``to_q``/``to_k``, or the text stream's
+    ``add_q_proj``/``add_k_proj``), V's projection of the same input is computed at once and its
+    Ulysses all-to-all started, so Q/K projection, norm and rotary hide V's transfer; the
+    processor's own V projection then returns that result. At attention, the V the processor
+    passes must equal the V pieces started (concatenated in either order, e.g. text then image);
+    otherwise (a LoRA on V, a fused projection) the transfers are drained and V goes the usual
+    way. Either way the result is exact, and every rank takes the same path (same model, same code)."""
+
+    def __init__(self, attn: torch.nn.Module, mesh: ParallelMesh) -> None:
+        self.mesh, self.heads = mesh, attn.heads
+        self.v_for: dict[int, torch.nn.Linear] = {}  # weight id of a Q/K/V projection -> its V projection
+        for q, k, v in (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj")):
+            v_proj = getattr(attn, v, None)
+            if isinstance(v_proj, torch.nn.Linear):
+                for name in (q, k, v):
+                    if isinstance(getattr(attn, name, None), torch.nn.Linear):
+                        self.v_for[id(getattr(attn, name).weight)] = v_proj
+        self.started: dict[tuple[int, int], tuple] = {}  # (V projection, input) -> (V, heads-first V, scatter, input)
+
+    def linear(self, func, args, kwargs):
+        x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+        v_proj = self.v_for.get(id(weight))
+        if v_proj is None or x.dim() != 3:
+            return func(*args, **kwargs)
+        key = (id(v_proj), id(x))
+        if key not in self.started:
+            value = func(x, v_proj.weight, v_proj.bias)
+            heads_first = value.view(*value.shape[:2], self.heads, -1).transpose(1, 2)
+            self.started[key] = (value, heads_first, start_scatter_heads(heads_first, self.mesh.ulysses), x)
+            comm.events.record("v_first.v_started_at_projection", 0)
+        if weight is v_proj.weight:
+            return self.started[key][0]
+        return func(*args, **kwargs)
+
+    def scattered(self, v: torch.Tensor) -> comm.Pending | None:
+        started, self.started = list(self.started.values()), {}
+        if not started:
+            return None
+        for order in (started, started[::-1]):
+            local = torch.cat([heads_first for _, heads_first, _, _ in order], dim=2)
+            if local.shape == v.shape and torch.equal(local, v):
+                return _joined_scatter([scatter for _, _, scatter, _ in order], self.mesh.ulysses.size)
+        for _, _, scatter, _ in started:
+            scatter.wait()
+        return None
+
+
+def _joined_scatter(pieces: list[comm.Pending], sources: int) -> comm.Pending:
+    """Scattered V pieces ``[B, H, sources * L_j, D]`` (source-major) joined as if scattered
+    together: each source's tokens are its pieces in order."""
+    def join(_: object) -> torch.Tensor:
+        parts = [p.wait() for p in pieces]
+        parts = [p.unflatten(2, (sources, -1)) for p in parts]
+        return torch.cat(parts, dim=3).flatten(2, 3)
+
+    return comm.Pending([], None).then(join)
 
 
 def _local_key_mask(attn_mask: torch.Tensor, batch: int, keys: int) -> torch.Tensor:
@@ -277,7 +346,7 @@ def _attention_in_mode(module: torch.nn.Module, state: _ForwardState, streams: t
     forward = module.forward
 
     def sequence_parallel_forward(*args, **kwargs):
-        with _SequenceParallelSDPA(state, streams) as mode:
+        with _SequenceParallelSDPA(state, streams, module) as mode:
             out = forward(*args, **kwargs)
         if mode.calls == 0:
             raise RuntimeError(
@@ -362,10 +431,6 @@ def apply_sequence_parallel(model: torch.nn.Module, mesh: ParallelMesh) -> torch
     plan = plan_for(model)
     if getattr(model, "_swiftfusion_mesh", None) is not None:
         raise ValueError(f"{type(model).__name__} is already parallelized")
-    if mesh.config.v_first and not plan.v_first_processor:
-        with_v_first = sorted(name for name, p in PLANS.items() if p.v_first_processor)
-        raise ValueError(f"v_first is not available for {type(model).__name__} yet; it is for: "
-                         f"{', '.join(with_v_first)}")
     model._swiftfusion_mesh = mesh
     if mesh.sp.size == 1:
         return model

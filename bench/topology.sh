@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 4's comparison, all in one run, on emulated clusters (network namespaces, tbf-shaped links)
 # and on loopback. Needs root (ip netns, tc). Writes JSON lines; tables: python bench/tables.py FILE.
+# About 25 minutes on the 2-core box.
 #   bash bench/topology.sh > bench/results-topology.jsonl
 # Attention rows (layer_ms): one layer, 4096 tokens, 8 heads × 32, fp32. Step rows (step_ms): one
 # denoising step of the built-in model (8 images: 16 samples with CFG, 256 tokens, 4 layers).
@@ -20,9 +21,12 @@ for link in "" 1 0.1 0.03; do
 done
 for link in 0.1 0.03; do
   # 4 nodes × 2 ranks: 8 ranks on 2 cores (4 per core): communication-bound only at slow links.
-  run "${layer[@]}" --nodes 4 --ranks-per-node 2 --layout usp,tas,tapa,torus --link-gbit "$link"
+  run "${layer[@]}" --nodes 4 --ranks-per-node 2 --layout usp,tas,tapa,tapa-vfirst,torus \
+    --transport collective,one_sided --link-gbit "$link"
   # Per-step latency of the built-in model.
   run "${step[@]}" --nodes 2 --ranks-per-node 2 --layout usp,tas,tapa-vfirst,torus \
     --transport collective,one_sided --link-gbit "$link"
   run "${step[@]}" --nodes 4 --ranks-per-node 1 --layout usp,tas,torus --link-gbit "$link"
+  run "${step[@]}" --nodes 4 --ranks-per-node 2 --layout usp,tas,tapa-vfirst,torus \
+    --transport collective,one_sided --link-gbit "$link"
 done

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from reference import max_rel_err
-from tiny_pipelines import CALLS, save_pipeline
+from tiny_pipelines import CALLS, PER_PROMPT, PIPELINES, save_pipeline
 
 from swiftfusion import ParallelConfig, cli, parallelize
 
@@ -24,8 +24,13 @@ PROMPTS = ["a red cat on a tree", "the big blue city"]
 
 
 @pytest.fixture(scope="session")
-def flux_folder(tmp_path_factory):
-    return save_pipeline("flux", str(tmp_path_factory.mktemp("flux-pipeline")))
+def pipeline_folders(tmp_path_factory):
+    return {name: save_pipeline(name, str(tmp_path_factory.mktemp(f"{name}-pipeline"))) for name in PIPELINES}
+
+
+@pytest.fixture(scope="session")
+def flux_folder(pipeline_folders):
+    return pipeline_folders["flux"]
 
 
 def pipeline_case(name, folder, options):
@@ -35,8 +40,10 @@ def pipeline_case(name, folder, options):
     pipe.set_progress_bar_config(disable=True)
 
     def run(output_type):
-        return pipe(PROMPTS, num_images_per_prompt=2, num_inference_steps=2, output_type=output_type,
-                    generator=torch.Generator().manual_seed(0), **CALLS[name]).images
+        per_prompt = {PER_PROMPT.get(name, "num_images_per_prompt"): 2}
+        out = pipe(PROMPTS, num_inference_steps=2, output_type=output_type,
+                   generator=torch.Generator().manual_seed(0), **per_prompt, **CALLS[name])
+        return out.images if hasattr(out, "images") else out.frames
 
     with torch.no_grad():
         latents, images = run("latent"), run("np")
@@ -46,9 +53,11 @@ def pipeline_case(name, folder, options):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_flux_pipeline_matches_diffusers(worlds, flux_folder, layout):
+@pytest.mark.parametrize("name", PIPELINES)
+def test_pipeline_matches_diffusers(worlds, pipeline_folders, name, layout):
     world, options = LAYOUTS[layout]
-    for latent_err, pixel_err in worlds.get(world).run(pipeline_case, "flux", flux_folder, options, timeout=300):
+    for latent_err, pixel_err in worlds.get(world).run(pipeline_case, name, pipeline_folders[name], options,
+                                                       timeout=300):
         assert latent_err <= 1e-4 and pixel_err <= 1 / 255, (latent_err, pixel_err)
 
 

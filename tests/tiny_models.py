@@ -44,7 +44,7 @@ def sd3():
     return SD3Transformer2DModel(
         sample_size=10, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=HEAD_DIM,
         num_attention_heads=HEADS, joint_attention_dim=TEXT_DIM, caption_projection_dim=HEADS * HEAD_DIM,
-        pooled_projection_dim=8, out_channels=4,
+        pooled_projection_dim=16, out_channels=4,
         pos_embed_max_size=16, dual_attention_layers=(0,), qk_norm="rms_norm",  # SD3.5-style
     )
 
@@ -52,7 +52,7 @@ def sd3():
 def sd3_inputs(batch, g):
     return dict(  # 5 × 5 = 25 image tokens
         hidden_states=_randn(batch, 4, 10, 10, g=g), encoder_hidden_states=_randn(batch, TEXT_TOKENS, TEXT_DIM, g=g),
-        pooled_projections=_randn(batch, 8, g=g), timestep=torch.rand(batch, generator=g) * 1000,
+        pooled_projections=_randn(batch, 16, g=g), timestep=torch.rand(batch, generator=g) * 1000,
     )
 
 

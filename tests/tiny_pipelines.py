@@ -5,6 +5,7 @@ package (a word-level vocabulary), text encoders and VAEs from small configs, sa
 from __future__ import annotations
 
 import torch
+from tiny_models import TEXT_TOKENS
 
 WORDS = "a an the of in on with cat dog red blue green photo painting sunset city tree big small".split()
 
@@ -37,11 +38,13 @@ def t5_text_encoder(d_model: int):
     return T5EncoderModel(config)
 
 
-def vae(latent_channels: int, **extra):
+def vae(latent_channels: int, blocks: int = 2, **extra):
+    """An image VAE compressing 2 ** (blocks - 1) times per side."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * blocks,
+                         up_block_types=("UpDecoderBlock2D",) * blocks, block_out_channels=(8,) * blocks,
+                         layers_per_block=1,
                          latent_channels=latent_channels, norm_num_groups=4, sample_size=16, **extra)
 
 
@@ -57,9 +60,80 @@ def flux_pipeline():
     )
 
 
-PIPELINES = {"flux": flux_pipeline}
-# What each call runs: a 20×20 image is 10×10 latents, 25 packed tokens (odd on purpose).
-CALLS = {"flux": dict(height=20, width=20, max_sequence_length=7, guidance_scale=3.5)}
+def sd3_pipeline():
+    """StableDiffusion3Pipeline: two CLIP encoders with projection (8 + 8 pooled) and T5."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from tiny_models import sd3
+
+    return StableDiffusion3Pipeline(
+        transformer=sd3(), scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae(4, shift_factor=0.1, scaling_factor=1.5),
+        text_encoder=clip_text_encoder(8, with_projection=True), tokenizer=word_tokenizer(8),
+        text_encoder_2=clip_text_encoder(8, with_projection=True), tokenizer_2=word_tokenizer(8),
+        text_encoder_3=t5_text_encoder(16), tokenizer_3=word_tokenizer(16),
+    )
+
+
+def pixart_pipeline():
+    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline
+    from tiny_models import pixart
+
+    # PixArt wants sizes divisible by 8: a 4× VAE makes 40×40 pixels 10×10 latents, 25 patches.
+    return PixArtSigmaPipeline(tokenizer=word_tokenizer(16), text_encoder=t5_text_encoder(16), vae=vae(4, blocks=3),
+                               transformer=pixart(), scheduler=DPMSolverMultistepScheduler())
+
+
+def latte_pipeline():
+    from diffusers import DDIMScheduler, LattePipeline
+    from tiny_models import latte
+
+    return LattePipeline(tokenizer=word_tokenizer(16), text_encoder=t5_text_encoder(16), vae=vae(4, blocks=3),
+                         transformer=latte(), scheduler=DDIMScheduler())
+
+
+def wan_pipeline():
+    """WanPipeline: UMT5 text encoder, a tiny Wan VAE (8× spatial, 4× temporal compression)."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+    from tiny_models import wan
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(WORDS) + 3, d_model=16, d_kv=4, d_ff=32, num_layers=1,
+                                               num_heads=2, relative_attention_num_buckets=8, pad_token_id=0))
+    video_vae = AutoencoderKLWan(base_dim=3, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                 temperal_downsample=[False, True, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    return WanPipeline(tokenizer=word_tokenizer(16), text_encoder=text_encoder, vae=video_vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), transformer=wan())
+
+
+def cogvideox_pipeline():
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline
+    from tiny_models import cogvideox
+
+    video_vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+    )
+    return CogVideoXPipeline(tokenizer=word_tokenizer(16), text_encoder=t5_text_encoder(16), vae=video_vae,
+                             transformer=cogvideox(), scheduler=CogVideoXDDIMScheduler())
+
+
+PIPELINES = {"flux": flux_pipeline, "sd3": sd3_pipeline, "pixart": pixart_pipeline, "latte": latte_pipeline,
+             "wan": wan_pipeline, "cogvideox": cogvideox_pipeline}
+# What each call runs (odd token counts on purpose): a 20×20 image is 10×10 latents (Flux: 25
+# packed tokens; SD3: 25 patches); PixArt and Latte want sizes divisible by 8: 40×40 pixels with a
+# 4× VAE; videos of 9 frames at 48×48 are 3×6×6 latents, 27 tokens (Wan, CogVideoX).
+# ``PER_PROMPT``: the pipeline's name for outputs per prompt, where it is not num_images_per_prompt.
+CALLS = {
+    "flux": dict(height=20, width=20, max_sequence_length=7, guidance_scale=3.5),
+    "sd3": dict(height=20, width=20, max_sequence_length=7, guidance_scale=5.0),
+    "pixart": dict(height=40, width=40, max_sequence_length=7, guidance_scale=4.5, use_resolution_binning=False,
+                   clean_caption=False),
+    "latte": dict(height=40, width=40, video_length=3, guidance_scale=7.5, clean_caption=False),
+    "wan": dict(height=48, width=48, num_frames=9, max_sequence_length=7, guidance_scale=5.0),
+    "cogvideox": dict(height=48, width=48, num_frames=9, max_sequence_length=TEXT_TOKENS, guidance_scale=6.0),
+}
+PER_PROMPT = {"wan": "num_videos_per_prompt", "cogvideox": "num_videos_per_prompt"}
 
 
 def save_pipeline(name: str, folder: str) -> str:

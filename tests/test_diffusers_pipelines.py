@@ -21,6 +21,7 @@ LAYOUTS = {  # name: (world, options)
     "data2": (2, dict(data_degree=2)),
 }
 PROMPTS = ["a red cat on a tree", "the big blue city"]
+CFG_BY_CALLS_FAMILIES = ("flux", "wan", "qwenimage", "hunyuanvideo")  # wan22: pairing per expert
 
 
 @pytest.fixture(scope="session")
@@ -49,16 +50,23 @@ def pipeline_case(name, folder, options):
         latents, images = run("latent"), run("np")
         parallelize(pipe, ParallelConfig(collective_timeout_s=60, **options))
         parallel_latents, parallel_images = run("latent"), run("np")
-    return max_rel_err(parallel_latents, latents), float(np.abs(parallel_images - images).max())
+    pairing = getattr(pipe.transformer, "_swiftfusion_cfg_pairing", None)
+    paired = None if pairing is None else pairing.paired_steps
+    return max_rel_err(parallel_latents, latents), float(np.abs(parallel_images - images).max()), paired
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", PIPELINES)
 def test_pipeline_matches_diffusers(worlds, pipeline_folders, name, layout):
     world, options = LAYOUTS[layout]
-    for latent_err, pixel_err in worlds.get(world).run(pipeline_case, name, pipeline_folders[name], options,
-                                                       timeout=300):
+    for latent_err, pixel_err, paired in worlds.get(world).run(pipeline_case, name, pipeline_folders[name], options,
+                                                               timeout=300):
         assert latent_err <= 1e-4 and pixel_err <= 1 / 255, (latent_err, pixel_err)
+        if options.get("cfg_degree") == 2 and name in CFG_BY_CALLS_FAMILIES:
+            # One call per branch, two runs of two steps: the first guided step learns the
+            # unconditional inputs, every later step (the second run's too) runs its two branches
+            # on the two CFG ranks at once.
+            assert paired == 3, paired
 
 
 def _generate(*args):
@@ -78,6 +86,22 @@ def test_generate_flux_folder_usp_equals_single_process(flux_folder, tmp_path):
     one, usp = (np.asarray(Image.open(tmp_path / name)).astype(int) for name in ("one.png", "usp.png"))
     assert one.shape == usp.shape == (2 + 20 + 2, 2 * 22 + 2, 3)  # two 20×20 images side by side
     assert np.abs(one - usp).max() <= 1 and one.std() > 1
+
+
+@pytest.mark.timeout(600)
+def test_generate_video_gif_ulysses_equals_single_process(pipeline_folders, tmp_path):
+    common = ["--model", pipeline_folders["wan"], "--prompt", "a blue tree", "--negative-prompt", "a cat",
+              "--steps", "2", "--height", "48", "--width", "48", "--num-frames", "9", "--max-sequence-length", "7"]
+    _generate(*common, "--output", str(tmp_path / "one.gif"))
+    _generate(*common, "--output-dir", str(tmp_path / "videos"), "--nproc", "2", "--ulysses-degree", "2")
+    one, parallel = Image.open(tmp_path / "one.gif"), Image.open(tmp_path / "videos" / "000.gif")
+    assert one.n_frames == parallel.n_frames == 9
+    for frame in range(9):
+        one.seek(frame)
+        parallel.seek(frame)
+        a, b = (np.asarray(im.convert("RGB")).astype(int) for im in (one, parallel))
+        assert a.shape == b.shape == (2 + 48 + 2, 2 + 48 + 2, 3)
+        assert np.abs(a - b).max() <= 1
 
 
 def test_unsupported_pipeline_and_options_are_named(flux_folder, tmp_path, capsys):

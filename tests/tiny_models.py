@@ -115,13 +115,13 @@ def cogvideox_inputs(batch, g):
     )
 
 
-def hunyuandit():
+def hunyuandit(text_len: int = TEXT_TOKENS, text_len_t5: int = TEXT_TOKENS + 2):
     from diffusers import HunyuanDiT2DModel
 
     return HunyuanDiT2DModel(
         num_attention_heads=HEADS, attention_head_dim=HEAD_DIM, in_channels=4, patch_size=2, sample_size=10,
         hidden_size=HEADS * HEAD_DIM, num_layers=4, cross_attention_dim=TEXT_DIM, cross_attention_dim_t5=TEXT_DIM,
-        pooled_projection_dim=8, text_len=TEXT_TOKENS, text_len_t5=TEXT_TOKENS + 2,
+        pooled_projection_dim=8, text_len=text_len, text_len_t5=text_len_t5,
     )
 
 

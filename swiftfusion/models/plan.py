@@ -248,6 +248,9 @@ class _SequenceParallelSDPA(TorchFunctionMode):
             raise NotImplementedError("sequence-parallel attention supports neither is_causal nor dropout")
         if k.shape[-3] != q.shape[-3]:
             raise NotImplementedError("sequence-parallel attention needs as many K/V heads as query heads")
+        if k.shape[-2] != q.shape[-2]:  # e.g. an IP-adapter's image keys inside a planned module
+            raise NotImplementedError("sequence-parallel attention inside this module got keys that are not its "
+                                      f"tokens ({k.shape[-2]} keys for {q.shape[-2]} queries)")
         self.calls += 1
         mask = self.state.key_mask(self.streams, q.shape[0], q.device)
         if bound.get("attn_mask") is not None:  # e.g. padded prompts: which of this rank's keys count

@@ -13,7 +13,11 @@ from ..planner import choose_layout
 from ..runtime import init_distributed, world_size
 from ..topology import Topology
 from .digits import DigitsOutput, DigitsPipeline
-from .split import GenerationSplit, apply_batch_split
+from .split import CfgPairing, GenerationSplit, apply_batch_split
+
+# Pipelines that call the transformer once per guidance branch (labelled "cond" / "uncond"):
+# CFG parallel pairs the calls across the CFG ranks instead of splitting one call's batch.
+CFG_BY_CALLS = ("FluxPipeline", "WanPipeline", "QwenImagePipeline", "HunyuanVideoPipeline")
 
 
 def parallelize(target, config: ParallelConfig, ranks_per_node: int | None = None):
@@ -24,8 +28,9 @@ def parallelize(target, config: ParallelConfig, ranks_per_node: int | None = Non
     - a diffusers pipeline whose ``transformer`` has a plan (``models.plan.PLANS``), or such a bare
       transformer: sequence parallel inside the transformer; data and CFG parallel split each
       transformer call's batch (a CFG pipeline stacks its two branches into one batch, so they run
-      on different ranks). Every rank passes the full inputs and gets the full outputs; text
-      encoders and the VAE run whole on every rank.
+      on different ranks; pipelines that call the transformer once per branch, ``CFG_BY_CALLS``,
+      get the two calls of a step paired across the CFG ranks: ``CfgPairing``). Every rank passes
+      the full inputs and gets the full outputs; text encoders and the VAE run whole on every rank.
 
     Joins torch.distributed from the launcher's environment (torchrun variables) if needed.
     """
@@ -39,14 +44,26 @@ def parallelize(target, config: ParallelConfig, ranks_per_node: int | None = Non
     transformer = target if isinstance(target, torch.nn.Module) else getattr(target, "transformer", None)
     if transformer is not None and type(transformer).__name__ in PLANS:
         mesh = _mesh_for(transformer, config, ranks_per_node)
-        apply_sequence_parallel(transformer, mesh)
-        apply_batch_split(transformer, mesh.batch, PLANS[type(transformer).__name__].unbatched)
+        # Wan 2.2 has a second transformer (the low-noise expert) of the same class.
+        for model in (transformer, getattr(target, "transformer_2", None)):
+            if model is not None:
+                _parallelize_transformer(model, mesh, pair_cfg_calls=type(target).__name__ in CFG_BY_CALLS)
         return target
     raise ValueError(
         f"cannot parallelize {type(target).__name__}; supported: DigitsPipeline "
         f"({', '.join(BUILTIN_MODELS)}), and diffusers pipelines or bare transformers of the classes "
         f"{', '.join(sorted(PLANS))}"
     )
+
+
+def _parallelize_transformer(model: torch.nn.Module, mesh, pair_cfg_calls: bool) -> None:
+    apply_sequence_parallel(model, mesh)
+    unbatched = PLANS[type(model).__name__].unbatched
+    if mesh.cfg.size > 1 and pair_cfg_calls:
+        apply_batch_split(model, mesh.data, unbatched)
+        model._swiftfusion_cfg_pairing = CfgPairing(model, mesh.cfg)
+    else:
+        apply_batch_split(model, mesh.batch, unbatched)
 
 
 def _mesh_for(model: torch.nn.Module, config: ParallelConfig, ranks_per_node: int | None):

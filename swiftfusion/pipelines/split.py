@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 
@@ -98,3 +99,91 @@ def apply_batch_split(model: torch.nn.Module, group: Group, unbatched: tuple[str
 
     model.register_forward_pre_hook(split_inputs, with_kwargs=True)
     model.register_forward_hook(gather_output, with_kwargs=True)
+
+
+class CfgPairing:
+    """CFG parallel for pipelines that call the transformer once per guidance branch, labelled by
+    diffusers' ``cache_context("cond")`` / ``cache_context("uncond")`` (Flux with true CFG, Wan,
+    QwenImage, HunyuanVideo): the two calls of a step run on the two CFG ranks at once.
+
+    The unconditional call's inputs are not known when the conditional call arrives, but they
+    differ from it only in arguments that stay the same across steps (the negative prompt's
+    embeddings). So the first guided step runs both calls on both ranks and learns those
+    arguments; from then on, at each conditional call, CFG rank 0 computes it and rank 1 computes
+    the unconditional call it predicts, the two results are exchanged, and the unconditional call,
+    when it arrives with exactly the predicted inputs, returns the result at once (otherwise it is
+    computed, as without pairing). Exact either way; every rank decides the same.
+    """
+
+    def __init__(self, model: torch.nn.Module, group: Group) -> None:
+        self.model, self.group = model, group
+        self.names = list(inspect.signature(model.forward).parameters)
+        self.label: str | None = None
+        self.last_cond: dict | None = None
+        self.uncond_only: dict | None = None  # arguments of the unconditional call that differ
+        self.predicted: tuple[dict, object] | None = None
+        self.paired_steps = 0
+        open_context = model.cache_context
+
+        @contextlib.contextmanager
+        def labelled(name: str, **kwargs):
+            self.label = name
+            try:
+                with open_context(name, **kwargs):
+                    yield
+            finally:
+                self.label = None
+
+        model.cache_context = labelled
+        # Outermost, before the model's hooks (batch and sequence split), so that a predicted call
+        # can be answered without running the model and its hooks.
+        model._compiled_call_impl = self
+
+    def _run(self, kwargs: dict):
+        return type(self.model)._call_impl(self.model, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        kwargs = {**dict(zip(self.names[: len(args)], args, strict=True)), **kwargs}
+        predicted, self.predicted = self.predicted, None
+        if self.label == "uncond":
+            if predicted is not None and _same_arguments(kwargs, predicted[0]):
+                return predicted[1]
+            if self.last_cond is not None:
+                self.uncond_only = {k: v for k, v in kwargs.items() if not _same_value(v, self.last_cond.get(k))}
+            return self._run(kwargs)
+        if self.label != "cond":
+            return self._run(kwargs)
+        self.last_cond = kwargs
+        if self.uncond_only is None:
+            return self._run(kwargs)
+        uncond = {**kwargs, **self.uncond_only}
+        mine = self._run(kwargs if self.group.index == 0 else uncond)
+        sample = mine[0] if isinstance(mine, tuple) else mine.sample
+        cond_sample, uncond_sample = comm.all_gather(sample[None], self.group, dim=0)
+        self.predicted = (uncond, _with_sample(mine, uncond_sample))
+        self.paired_steps += 1
+        return _with_sample(mine, cond_sample)
+
+
+def _with_sample(output, sample: torch.Tensor):
+    if isinstance(output, tuple):
+        return (sample, *output[1:])
+    return type(output)(**{**output, "sample": sample})
+
+
+def _same_value(a, b) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return _same_arguments(a, b)
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return False
+    return bool(a == b)
+
+
+def _same_arguments(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(_same_value(a[k], b[k]) for k in a)

@@ -6,9 +6,10 @@ Ulysses. All in one invocation, one method after another:
 
     python bench/flux_step.py --repeats 3 > bench/results-flux.jsonl
 
-Each method runs in fresh processes (``OMP_NUM_THREADS=1`` each): one forward measures peak
-memory (resident set size sampled every 2 ms, minus the size just before the forward: the
-activation memory of that rank), then ``--repeats`` timed forwards (median; barrier around each),
+Each method runs in fresh processes (``OMP_NUM_THREADS=1`` each): one forward after a warm-up
+measures peak memory (resident set size sampled every 2 ms, minus the size just before the
+forward: the activation memory of that rank; glibc is told to map large blocks directly so that
+freed tensors leave the resident set), then ``--repeats`` timed forwards (median; barrier around each),
 then rank 0 compares the output with the single-process output of the same weights and inputs.
 ParaAttention and yunchang are not dependencies of swiftfusion; install them to include them
 (``pip install --no-deps para-attn==0.3.38``); methods whose package is missing are reported as
@@ -56,6 +57,7 @@ def build():
         encoder_hidden_states=torch.randn(1, TEXT_TOKENS, 64, generator=g),
         pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.tensor([0.5]),
         img_ids=img_ids, txt_ids=torch.zeros(TEXT_TOKENS, 3),
+        return_dict=False,  # diffusers' context-parallel hooks expect a tuple
     )
     return model, inputs
 
@@ -163,7 +165,7 @@ def rank_main(method: str, world: int, repeats: int, out_path: str) -> None:
         model(**inputs)  # warm-up
         barrier()
         with PeakRss() as memory:
-            output = model(**inputs).sample
+            output = model(**inputs)[0]
         times = []
         for _ in range(repeats):
             barrier()
@@ -178,7 +180,7 @@ def rank_main(method: str, world: int, repeats: int, out_path: str) -> None:
             peaks = torch.cat(every)
         if runtime.rank() == 0:
             reference_model, _ = build()
-            reference = reference_model(**inputs).sample
+            reference = reference_model(**inputs)[0]
             error = float((output - reference).abs().max() / reference.abs().max())
             result = dict(method=method, ranks=world, step_ms=round(statistics.median(times) * 1e3, 1),
                           peak_activation_mb_per_rank=round(float(peaks.max()), 1), max_rel_err=error)
@@ -192,6 +194,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
+    # Large blocks straight from mmap and back on free (glibc otherwise raises this threshold after
+    # the first frees and keeps freed memory): the resident size then follows live tensors.
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
     from importlib.util import find_spec
 
     from swiftfusion.launch import launch

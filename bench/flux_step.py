@@ -1,19 +1,20 @@
 """One transformer step of a tiny-but-not-trivial Flux (1 double + 3 single blocks, 8 heads × 32,
 4096 image + 32 text tokens, fp32) at 1, 2 and 4 ranks: plain diffusers in one process,
 swiftfusion (Ulysses, Ring, USP), and the peers' sequence-parallel paths that run on CPU:
-diffusers' own context parallelism (Ulysses; Ring with the CPU flash kernel) and ParaAttention's
-Ulysses. All in one invocation, one method after another:
+diffusers' own context parallelism (Ulysses; Ring with the CPU flash kernel), ParaAttention's
+Ulysses and yunchang's Ulysses. All in one invocation, one method after another:
 
     python bench/flux_step.py --repeats 3 > bench/results-flux.jsonl
 
 Each method runs in fresh processes (``OMP_NUM_THREADS=1`` each): one forward after a warm-up
-measures peak memory (resident set size sampled every 2 ms, minus the size just before the
-forward: the activation memory of that rank; glibc is told to map large blocks directly so that
-freed tensors leave the resident set), then ``--repeats`` timed forwards (median; barrier around each),
-then rank 0 compares the output with the single-process output of the same weights and inputs.
-ParaAttention and yunchang are not dependencies of swiftfusion; install them to include them
-(``pip install --no-deps para-attn==0.3.38``); methods whose package is missing are reported as
-skipped. yunchang 0.6.4 is not included: its Ulysses path reaches a CUDA-only flash kernel.
+measures peak memory (the peak of torch's CPU allocations during the forward, from the profiler's
+memory events: the activation memory of that rank), then ``--repeats`` timed forwards (median;
+barrier around each), then rank 0 compares the output with the single-process output of the same
+weights and inputs. ParaAttention and yunchang are not dependencies of swiftfusion; install them
+to include them (``pip install --no-deps para-attn==0.3.38 yunchang==0.6.4``); a method whose
+package is missing is reported as skipped. yunchang does not split sequences itself: it runs
+inside swiftfusion's Flux plan (same token split), its torch-flash kernel pointed at PyTorch's
+CPU flash kernel.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 import torch
@@ -41,6 +41,7 @@ METHODS = {  # name: (package it needs, ranks it runs on)
     "diffusers-cp-ulysses": (None, (2, 4)),
     "diffusers-cp-ring": (None, (2, 4)),
     "para-attn-ulysses": ("para_attn", (2, 4)),
+    "yunchang-ulysses": ("yunchang", (2, 4)),
 }
 
 
@@ -117,37 +118,51 @@ def parallel(method: str, model, world: int):
 
         interface.ulysses_attn_func = without_gqa
         return parallelize_transformer(model, mesh=init_context_parallel_mesh("cpu"))
+    if method == "yunchang-ulysses":
+        # yunchang does not split the sequence itself: swiftfusion's Flux plan splits the image and
+        # text tokens (and their rotary ids) and gathers the output; inside each attention module
+        # yunchang's LongContextAttention (ring degree 1) runs instead of swiftfusion's.
+        import torch.distributed as dist
+        import yunchang.kernels.attention as kernels
+        from yunchang import LongContextAttention, set_seq_parallel_pg
+        from yunchang.kernels import AttnType
+
+        import swiftfusion.models.plan as plan
+
+        kernels._scaled_dot_product_flash_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        set_seq_parallel_pg(world, 1, dist.get_rank(), world)
+        attention = LongContextAttention(attn_type=AttnType.TORCH_FLASH)
+
+        def yunchang_attention(mesh, v, project_qk, key_mask=None, scale=None, scattered_v=None):
+            q, k = project_qk()
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # yunchang takes [batch, tokens, heads, dim]
+            return attention(q, k, v, softmax_scale=scale).transpose(1, 2)
+
+        plan.configured_attention = yunchang_attention
+        return parallelize(model, ParallelConfig(ulysses_degree=world, collective_timeout_s=600))
     raise ValueError(method)
 
 
-class PeakRss:
-    """Peak resident set size while in the block, sampled every 2 ms, minus the size at entry."""
+class PeakTorchMemory:
+    """Peak of the CPU memory held by torch tensors allocated in the block (the activations), from
+    the profiler's allocation and free events in time order."""
 
     def __enter__(self):
-        self.start = self.peak = self._rss()
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
+        from torch.profiler import ProfilerActivity, profile
+
+        self.profile = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self.profile.__enter__()
         return self
 
     def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.002)
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    @property
-    def delta_mb(self) -> float:
-        return (self.peak - self.start) / 2**20
+        self.profile.__exit__(*exc)
+        events = sorted((e for e in self.profile.events() if e.self_cpu_memory_usage),
+                        key=lambda e: e.time_range.start)
+        live = peak = 0
+        for event in events:
+            live += event.self_cpu_memory_usage
+            peak = max(peak, live)
+        self.delta_mb = peak / 2**20
 
 
 def rank_main(method: str, world: int, repeats: int, out_path: str) -> None:
@@ -164,7 +179,7 @@ def rank_main(method: str, world: int, repeats: int, out_path: str) -> None:
     with torch.no_grad():
         model(**inputs)  # warm-up
         barrier()
-        with PeakRss() as memory:
+        with PeakTorchMemory() as memory:
             output = model(**inputs)[0]
         times = []
         for _ in range(repeats):
@@ -194,9 +209,6 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
-    # Large blocks straight from mmap and back on free (glibc otherwise raises this threshold after
-    # the first frees and keeps freed memory): the resident size then follows live tensors.
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
     from importlib.util import find_spec
 
     from swiftfusion.launch import launch

@@ -92,7 +92,6 @@ def check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
 def attention_rank(layout: str, transport: str, args: argparse.Namespace, result_file: str) -> None:
     """One rank's share of one layout's measurement; rank 0 writes the result."""
     import torch
-    import torch.distributed as dist
 
     from . import comm, runtime
     from .attention import configured_attention
@@ -115,29 +114,46 @@ def attention_rank(layout: str, transport: str, args: argparse.Namespace, result
     def layer() -> torch.Tensor:
         return configured_attention(mesh, vl, lambda: (ql, kl), key_mask)
 
-    layer()  # warm-up
-    comm.traffic.reset()
-    out = layer()
-    sent = torch.tensor([comm.traffic.bytes["intra"], comm.traffic.bytes["inter"]], dtype=torch.float64)
-    dist.all_reduce(sent)
-    times = []
-    for _ in range(args.repeats):
-        dist.barrier()
-        start = time.perf_counter()
-        layer()
-        dist.barrier()
-        times.append(time.perf_counter() - start)
+    out, sent, step_ms = _measure(layer, args.repeats)
     full = shard.gather(out, dim=2)
     if runtime.rank() == 0:
         reference = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        error = float((full - reference).abs().max() / reference.abs().max())
-        result = dict(layout=layout, transport=transport, nodes=args.nodes, ranks_per_node=args.ranks_per_node,
-                      ulysses=config.ulysses_degree, ring=config.ring_degree,
-                      layer_ms=round(statistics.median(times) * 1e3, 3),
-                      inter_node_bytes=int(sent[1]), intra_node_bytes=int(sent[0]), max_rel_err=error,
-                      link_gbit=args.link_gbit)
-        with open(result_file, "w") as f:
-            json.dump(result, f)
+        _write_result(result_file, layout, transport, args, config, sent, full, reference, layer_ms=step_ms)
+
+
+def _measure(run, repeats: int):
+    """Warm-up, one counted run (bytes per link class summed over ranks), then ``repeats`` timed
+    runs with a barrier around each; returns (the counted run's output, [intra, inter] bytes,
+    median ms)."""
+    import torch
+    import torch.distributed as dist
+
+    from . import comm
+
+    run()  # warm-up
+    comm.traffic.reset()
+    out = run()
+    sent = torch.tensor([comm.traffic.bytes["intra"], comm.traffic.bytes["inter"]], dtype=torch.float64)
+    dist.all_reduce(sent)
+    times = []
+    for _ in range(repeats):
+        dist.barrier()
+        start = time.perf_counter()
+        run()
+        dist.barrier()
+        times.append(time.perf_counter() - start)
+    return out, sent, round(statistics.median(times) * 1e3, 3)
+
+
+def _write_result(path: str, layout: str, transport: str, args: argparse.Namespace, config, sent, out, reference,
+                  **timing) -> None:
+    error = float((out - reference).abs().max() / reference.abs().max())
+    result = dict(layout=layout, transport=transport, nodes=args.nodes, ranks_per_node=args.ranks_per_node,
+                  ulysses=config.ulysses_degree, ring=config.ring_degree, **timing,
+                  inter_node_bytes=int(sent[1]), intra_node_bytes=int(sent[0]), max_rel_err=error,
+                  link_gbit=args.link_gbit)
+    with open(path, "w") as f:
+        json.dump(result, f)
 
 
 def guided_batch(images: int):
@@ -156,9 +172,8 @@ def guided_batch(images: int):
 def step_rank(layout: str, transport: str, args: argparse.Namespace, result_file: str) -> None:
     """One rank's share of one layout's denoising-step measurement; rank 0 writes the result."""
     import torch
-    import torch.distributed as dist
 
-    from . import comm, runtime
+    from . import runtime
     from .config import ParallelConfig
     from .models import digits
     from .pipelines import parallelize
@@ -172,27 +187,10 @@ def step_rank(layout: str, transport: str, args: argparse.Namespace, result_file
     with torch.no_grad():
         reference = model(x, t, y).sample if runtime.rank() == 0 else None
         parallelize(model, config, args.ranks_per_node)
-        model(x, t, y)  # warm-up
-        comm.traffic.reset()
-        out = model(x, t, y).sample
-        sent = torch.tensor([comm.traffic.bytes["intra"], comm.traffic.bytes["inter"]], dtype=torch.float64)
-        dist.all_reduce(sent)
-        times = []
-        for _ in range(args.repeats):
-            dist.barrier()
-            start = time.perf_counter()
-            model(x, t, y)
-            dist.barrier()
-            times.append(time.perf_counter() - start)
+        out, sent, step_ms = _measure(lambda: model(x, t, y).sample, args.repeats)
     if runtime.rank() == 0:
-        error = float((out - reference).abs().max() / reference.abs().max())
-        result = dict(layout=layout, transport=transport, nodes=args.nodes, ranks_per_node=args.ranks_per_node,
-                      ulysses=config.ulysses_degree, ring=config.ring_degree, images=args.images,
-                      step_ms=round(statistics.median(times) * 1e3, 3),
-                      inter_node_bytes=int(sent[1]), intra_node_bytes=int(sent[0]), max_rel_err=error,
-                      link_gbit=args.link_gbit)
-        with open(result_file, "w") as f:
-            json.dump(result, f)
+        _write_result(result_file, layout, transport, args, config, sent, out, reference, images=args.images,
+                      step_ms=step_ms)
 
 
 RANK_MAINS = {"attention": attention_rank, "step": step_rank}

@@ -9,17 +9,11 @@ import pytest
 import torch
 from PIL import Image
 from reference import max_rel_err
+from tiny_models import LAYOUTS
 from tiny_pipelines import CALLS, PER_PROMPT, PIPELINES, save_pipeline
 
 from swiftfusion import ParallelConfig, cli, parallelize
 
-LAYOUTS = {  # name: (world, options)
-    "ulysses2": (2, dict(ulysses_degree=2)),
-    "ring2": (2, dict(ring_degree=2)),
-    "usp2x2": (4, dict(ulysses_degree=2, ring_degree=2)),
-    "cfg2-ulysses2": (4, dict(cfg_degree=2, ulysses_degree=2)),
-    "data2": (2, dict(data_degree=2)),
-}
 PROMPTS = ["a red cat on a tree", "the big blue city"]
 CFG_BY_CALLS_FAMILIES = ("flux", "wan", "qwenimage", "hunyuanvideo")  # wan22: pairing per expert
 

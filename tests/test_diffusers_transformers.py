@@ -5,17 +5,9 @@ token counts that do not divide by the sequence-parallel degree."""
 import pytest
 import torch
 from reference import max_rel_err
-from tiny_models import FAMILIES, family_inputs, load_family, save_family
+from tiny_models import FAMILIES, LAYOUTS, family_inputs, load_family, save_family
 
 from swiftfusion import ParallelConfig, parallelize
-
-LAYOUTS = {  # name: (world, options)
-    "ulysses2": (2, dict(ulysses_degree=2)),
-    "ring2": (2, dict(ring_degree=2)),
-    "usp2x2": (4, dict(ulysses_degree=2, ring_degree=2)),
-    "cfg2-ulysses2": (4, dict(cfg_degree=2, ulysses_degree=2)),
-    "data2": (2, dict(data_degree=2)),
-}
 
 
 @pytest.fixture(scope="session")

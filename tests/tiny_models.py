@@ -10,6 +10,14 @@ from __future__ import annotations
 import torch
 
 HEADS, HEAD_DIM, TEXT_DIM, TEXT_TOKENS = 3, 8, 16, 5
+# The layouts every family runs in, against plain diffusers on one process.
+LAYOUTS = {  # name: (world, options)
+    "ulysses2": (2, dict(ulysses_degree=2)),
+    "ring2": (2, dict(ring_degree=2)),
+    "usp2x2": (4, dict(ulysses_degree=2, ring_degree=2)),
+    "cfg2-ulysses2": (4, dict(cfg_degree=2, ulysses_degree=2)),
+    "data2": (2, dict(data_degree=2)),
+}
 COG_HEAD_DIM = 16  # CogVideoX's 3-D rotary embedding splits the head into 1/4 + 3/8 + 3/8, each even
 
 

@@ -1,14 +1,16 @@
 """Moving bytes between ranks of a ``Group``: all-to-all (even or uneven), ring shifts for P2P
-rotation, all-gather. Every operation has a timeout (a stuck peer raises instead of hanging) and
-is counted: ``traffic`` holds the bytes this process sent per link class (``intra`` / ``inter``),
-and ``events`` can record the order in which transfers are posted and awaited, so tests can see
-that communication is overlapped with compute. Knows nothing about attention.
+rotation, all-gather (of tensors, and of small picklable objects). Every operation has a timeout
+(a stuck peer raises instead of hanging) and is counted: ``traffic`` holds the bytes this process
+sent per link class (``intra`` / ``inter``; gathers over the whole world, which has no topology
+at hand, are not), and ``events`` can record the order in which transfers are posted and awaited,
+so tests can see that communication is overlapped with compute. Knows nothing about attention.
 """
 
 from __future__ import annotations
 
 import datetime
 import math
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -259,11 +261,38 @@ def all_gather(x: torch.Tensor, group: Group, dim: int = 0) -> torch.Tensor:
     """Concatenates every member's ``x`` (same shape on all) along ``dim``, in group order."""
     if group.size == 1:
         return x
-    x = x.contiguous()
-    parts = [torch.empty_like(x) for _ in range(group.size)]
-    for peer in range(group.size):
-        traffic.add(group, peer, x.numel() * x.element_size())
-    work = dist.all_gather(parts, x, group=group.process_group, async_op=True)
-    Pending([work], x).wait()
-    by_member = dict(zip(group.backend_order, parts, strict=True))
-    return torch.cat([by_member[i] for i in range(group.size)], dim=dim)
+    return torch.cat(_gather_parts(x.contiguous(), group), dim=dim)
+
+
+def _gather_parts(x: torch.Tensor, group: Group | None) -> list[torch.Tensor]:
+    """Every member's ``x`` (same shape on all), in group order; ``None``: the whole world, in
+    rank order. Waits at most the timeout."""
+    pg = None if group is None else group.process_group  # None: torch.distributed's default (world) group
+    size = dist.get_world_size() if group is None else group.size
+    parts = [torch.empty_like(x) for _ in range(size)]
+    if group is not None:  # the world has no topology at hand to name link classes: not counted
+        for peer in range(size):
+            traffic.add(group, peer, x.numel() * x.element_size())
+    Pending([dist.all_gather(parts, x, group=pg, async_op=True)], x).wait()
+    order = range(size) if group is None else group.backend_order
+    by_member = dict(zip(order, parts, strict=True))
+    return [by_member[i] for i in range(size)]
+
+
+def all_gather_object(obj: object, group: Group | None = None) -> list:
+    """Every member's picklable ``obj`` (of any size), in group order; ``group=None``: every rank
+    of the world, in rank order. Meant for small control messages (two tiny collectives: sizes,
+    then the padded pickles). Unlike ``torch.distributed.all_gather_object`` it waits at most the
+    timeout, like every transfer here. Every member must call it."""
+    if (group.size if group is not None else dist.get_world_size() if dist.is_initialized() else 1) == 1:
+        return [obj]
+    pg = None if group is None else group.process_group
+    # NCCL moves only CUDA tensors; gloo only needs host memory.
+    nccl = dist.get_backend(pg) == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(device)
+    sizes = [int(n) for n in _gather_parts(torch.tensor([payload.numel()], device=device), group)]
+    padded = torch.zeros(max(sizes), dtype=torch.uint8, device=device)
+    padded[: payload.numel()] = payload
+    parts = _gather_parts(padded, group)
+    return [pickle.loads(part[:n].cpu().numpy().tobytes()) for part, n in zip(parts, sizes, strict=True)]

@@ -80,7 +80,7 @@ class ParallelConfig:
             )
         if self.pipefusion_degree != 1:
             raise ValueError(
-                f"pipefusion_degree={self.pipefusion_degree} is not supported yet; allowed: 1"
+                f"pipefusion_degree={self.pipefusion_degree} is not supported yet (PipeFusion is not built); allowed: 1"
             )
         if self.sp_layout not in SP_LAYOUTS:
             raise ValueError(f"sp_layout must be one of {', '.join(SP_LAYOUTS)}, got {self.sp_layout!r}")

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from harness import WorldPool
+from tiny_pipelines import save_pipeline
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +24,21 @@ def tiny_dit_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-dit")
     model.save_pretrained(folder, safe_serialization=True)
     return str(folder)
+
+
+class PipelineFolders(dict):
+    """Tiny diffusers pipeline name -> the folder it was saved to; each built on first use."""
+
+    def __init__(self, tmp_path_factory) -> None:
+        super().__init__()
+        self.tmp_path_factory = tmp_path_factory
+
+    def __missing__(self, name: str) -> str:
+        self[name] = save_pipeline(name, str(self.tmp_path_factory.mktemp(f"{name}-pipeline")))
+        return self[name]
+
+
+@pytest.fixture(scope="session")
+def pipeline_folders(tmp_path_factory):
+    """The tiny pipelines of ``tiny_pipelines.PIPELINES`` saved with save_pretrained, by name."""
+    return PipelineFolders(tmp_path_factory)

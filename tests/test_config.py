@@ -35,7 +35,8 @@ def test_cfg_degree_is_one_or_two():
 
 
 def test_pipefusion_not_yet():
-    with pytest.raises(ValueError, match=re.escape("pipefusion_degree=2 is not supported yet; allowed: 1")):
+    message = "pipefusion_degree=2 is not supported yet (PipeFusion is not built); allowed: 1"
+    with pytest.raises(ValueError, match=re.escape(message)):
         ParallelConfig(pipefusion_degree=2)
 
 

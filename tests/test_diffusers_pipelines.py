@@ -10,17 +10,12 @@ import torch
 from PIL import Image
 from reference import max_rel_err
 from tiny_models import LAYOUTS
-from tiny_pipelines import CALLS, PER_PROMPT, PIPELINES, save_pipeline
+from tiny_pipelines import CALLS, PER_PROMPT, PIPELINES
 
 from swiftfusion import ParallelConfig, cli, parallelize
 
 PROMPTS = ["a red cat on a tree", "the big blue city"]
 CFG_BY_CALLS_FAMILIES = ("flux", "wan", "qwenimage", "hunyuanvideo")  # wan22: pairing per expert
-
-
-@pytest.fixture(scope="session")
-def pipeline_folders(tmp_path_factory):
-    return {name: save_pipeline(name, str(tmp_path_factory.mktemp(f"{name}-pipeline"))) for name in PIPELINES}
 
 
 @pytest.fixture(scope="session")
@@ -87,14 +82,14 @@ def test_generate_video_gif_ulysses_equals_single_process(pipeline_folders, tmp_
     common = ["--model", pipeline_folders["wan"], "--prompt", "a blue tree", "--negative-prompt", "a cat",
               "--steps", "2", "--height", "48", "--width", "48", "--num-frames", "9", "--max-sequence-length", "7"]
     _generate(*common, "--output", str(tmp_path / "one.gif"))
-    _generate(*common, "--output-dir", str(tmp_path / "videos"), "--nproc", "2", "--ulysses-degree", "2")
-    one, parallel = Image.open(tmp_path / "one.gif"), Image.open(tmp_path / "videos" / "000.gif")
+    _generate(*common, "--output", str(tmp_path / "parallel.gif"), "--nproc", "2", "--ulysses-degree", "2")
+    one, parallel = Image.open(tmp_path / "one.gif"), Image.open(tmp_path / "parallel.gif")
     assert one.n_frames == parallel.n_frames == 9
     for frame in range(9):
         one.seek(frame)
         parallel.seek(frame)
         a, b = (np.asarray(im.convert("RGB")).astype(int) for im in (one, parallel))
-        assert a.shape == b.shape == (2 + 48 + 2, 2 + 48 + 2, 3)
+        assert a.shape == b.shape == (48, 48, 3)  # one video: the frames themselves, no grid border
         assert np.abs(a - b).max() <= 1
 
 
@@ -110,6 +105,7 @@ def test_unsupported_pipeline_and_options_are_named(flux_folder, tmp_path, capsy
          "--dtype must be one of float32, bfloat16, float16, got 'float8'"),
         (["--model", flux_folder, "--output", str(tmp_path / "x.gif")],
          f"--output must name a .png file, got {str(tmp_path / 'x.gif')!r}"),
+        (["--model", str(tmp_path / "missing")], f"--model {str(tmp_path / 'missing')!r}: no such folder"),
         (["--model", "flux-dev"], "--model 'flux-dev' is not a built-in model (builtin:digits), a pipeline folder, "
          "or a hub id (organisation/name)"),
         (["--height", "32"], "--height is not an option of builtin:digits"),

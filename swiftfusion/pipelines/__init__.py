@@ -12,6 +12,7 @@ from ..models.plan import PLANS, apply_sequence_parallel, attention_shape
 from ..planner import choose_layout
 from ..runtime import init_distributed, world_size
 from ..topology import Topology
+from .agreement import check_calls, uncheck_calls
 from .digits import DigitsOutput, DigitsPipeline
 from .split import CfgPairing, GenerationSplit, apply_batch_split
 
@@ -32,6 +33,17 @@ def parallelize(target, config: ParallelConfig, ranks_per_node: int | None = Non
       get the two calls of a step paired across the CFG ranks: ``CfgPairing``). Every rank passes
       the full inputs and gets the full outputs; text encoders and the VAE run whole on every rank.
 
+    Every rank calls the pipeline itself, and all must make the same call: in a world of more than
+    one rank, each call of a parallelized pipeline first checks (one small gather, before any other
+    collective; ``agreement``) that every rank passed equal arguments: every argument of the call,
+    bound to ``__call__``'s signature with defaults applied (prompts, sizes, batch sizes, steps and
+    the like by value, generators by their state, tensors, arrays and images by shape, dtype and
+    content, callables by qualified name, other objects by type); ``show_progress`` may differ. If
+    any differs, every rank raises the same ``ValueError`` naming the arguments and the ranks'
+    values. A diffusers pipeline gets the check by a change of its instance's class to a subclass
+    of the same name (``agreement.check_calls``; ``agreement.uncheck_calls`` undoes it); a bare
+    transformer, called once per step, is not checked.
+
     Joins torch.distributed from the launcher's environment (torchrun variables) if needed.
     """
     init_distributed(config.collective_timeout_s)
@@ -48,6 +60,8 @@ def parallelize(target, config: ParallelConfig, ranks_per_node: int | None = Non
         for model in (transformer, getattr(target, "transformer_2", None)):
             if model is not None:
                 _parallelize_transformer(model, mesh, pair_cfg_calls=type(target).__name__ in CFG_BY_CALLS)
+        if target is not transformer and world_size() > 1:  # a bare transformer runs per step: not checked
+            check_calls(target)
         return target
     raise ValueError(
         f"cannot parallelize {type(target).__name__}; supported: DigitsPipeline "
@@ -87,4 +101,6 @@ def check_model_name(model: str) -> None:
         raise ValueError(f"unknown model {model!r}; available: {', '.join(BUILTIN_MODELS)}")
 
 
-__all__ = ["DigitsOutput", "DigitsPipeline", "GenerationSplit", "load_pipeline", "parallelize"]
+__all__ = [
+    "DigitsOutput", "DigitsPipeline", "GenerationSplit", "check_calls", "load_pipeline", "parallelize", "uncheck_calls",
+]

@@ -1,94 +1,251 @@
-"""Loading and running diffusers pipelines by folder or hub id, for ``swiftfusion generate --model``.
+"""What swiftfusion knows about each diffusers pipeline class, for ``swiftfusion generate --model``:
+finding and loading a pipeline by folder or hub id, and checking a run's options against the
+pipeline before any process starts or any weight loads.
 
 Which pipelines are supported follows from the transformer plans: a pipeline class is supported
-when its transformer class has a plan (``models.plan.PLANS``). The pipeline class is read from
-``model_index.json`` before any weights are loaded, so an unsupported one fails at once.
+when its transformer class has a plan (``models.plan.PLANS``). The pipeline class and the small
+component configs (VAE, transformer) are read from JSON files, never from weights, so every check
+here costs milliseconds.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import re
+import socket
+import threading
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import torch
 
 from ..models import BUILTIN_MODELS
 from ..models.plan import PLANS
 
-# Pipeline class -> (its transformer class, what it makes).
+Config = dict  # a component's config.json
+
+
+def _vae_factor(vae: Config) -> int:
+    """Spatial compression of an AutoencoderKL-style VAE (as the pipelines compute it)."""
+    return 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+def _patch(transformer: Config) -> int:
+    patch = transformer.get("patch_size") or 1
+    return patch[-1] if isinstance(patch, (list, tuple)) else patch
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """One pipeline class as the CLI needs it.
+
+    - ``size_multiple(vae, transformer)``: height and width must be multiples of it. Some
+      pipelines raise on other sizes, some round them down with a warning (a silently smaller
+      image); both are rejected up front.
+    - ``frame_factor(vae)``: video pipelines compress time by this factor and take
+      ``num_frames = factor * k + 1`` (others are rounded silently).
+    - ``guidance``: the argument that turns classifier-free guidance on. ``"guidance_scale"``: on
+      when it is > 1. ``"true_cfg_scale"``: on when it is > 1 *and* a negative prompt is given
+      (Flux's ``guidance_scale`` is a distilled embedding, not a second branch).
+    - ``binning_sample_sizes``: PixArt's resolution binning works only for these transformer
+      sample sizes; ``binning_shapes``: HunyuanDiT's binning maps other sizes to one of these and
+      returns an image of that other size.
+    """
+
+    transformer: str
+    output: str  # "image" or "video"
+    size_multiple: Callable[[Config, Config], int]
+    guidance: str = "guidance_scale"
+    frame_factor: Callable[[Config], int] | None = None
+    binning_sample_sizes: tuple[int, ...] | None = None
+    binning_shapes: Callable[[], list[tuple[int, int]]] | None = None
+    fps: int = 8  # the model family's usual frame rate, for video files
+
+
+def _hunyuandit_shapes() -> list[tuple[int, int]]:
+    from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import SUPPORTED_SHAPE
+
+    return list(SUPPORTED_SHAPE)
+
+
 PIPELINES = {
-    "FluxPipeline": ("FluxTransformer2DModel", "image"),
-    "StableDiffusion3Pipeline": ("SD3Transformer2DModel", "image"),
-    "PixArtAlphaPipeline": ("PixArtTransformer2DModel", "image"),
-    "PixArtSigmaPipeline": ("PixArtTransformer2DModel", "image"),
-    "HunyuanDiTPipeline": ("HunyuanDiT2DModel", "image"),
-    "QwenImagePipeline": ("QwenImageTransformer2DModel", "image"),
-    "CogVideoXPipeline": ("CogVideoXTransformer3DModel", "video"),
-    "LattePipeline": ("LatteTransformer3DModel", "video"),
-    "WanPipeline": ("WanTransformer3DModel", "video"),
-    "HunyuanVideoPipeline": ("HunyuanVideoTransformer3DModel", "video"),
+    "FluxPipeline": PipelineInfo("FluxTransformer2DModel", "image", lambda v, t: _vae_factor(v) * 2,
+                                 guidance="true_cfg_scale"),
+    "StableDiffusion3Pipeline": PipelineInfo("SD3Transformer2DModel", "image", lambda v, t: _vae_factor(v) * _patch(t)),
+    "PixArtAlphaPipeline": PipelineInfo("PixArtTransformer2DModel", "image",
+                                        lambda v, t: math.lcm(8, _vae_factor(v) * _patch(t)),
+                                        binning_sample_sizes=(32, 64, 128)),
+    "PixArtSigmaPipeline": PipelineInfo("PixArtTransformer2DModel", "image",
+                                        lambda v, t: math.lcm(8, _vae_factor(v) * _patch(t)),
+                                        binning_sample_sizes=(32, 64, 128, 256)),
+    "HunyuanDiTPipeline": PipelineInfo("HunyuanDiT2DModel", "image",
+                                       lambda v, t: math.lcm(16, _vae_factor(v) * _patch(t)),
+                                       binning_shapes=_hunyuandit_shapes),
+    "QwenImagePipeline": PipelineInfo("QwenImageTransformer2DModel", "image",
+                                      lambda v, t: 2 ** len(v["temperal_downsample"]) * 2, guidance="true_cfg_scale"),
+    "CogVideoXPipeline": PipelineInfo("CogVideoXTransformer3DModel", "video",
+                                      lambda v, t: math.lcm(8, _vae_factor(v) * _patch(t)),
+                                      frame_factor=lambda v: v["temporal_compression_ratio"], fps=8),
+    "LattePipeline": PipelineInfo("LatteTransformer3DModel", "video",
+                                  lambda v, t: math.lcm(8, _vae_factor(v) * _patch(t)), fps=8),
+    "WanPipeline": PipelineInfo("WanTransformer3DModel", "video",
+                                lambda v, t: math.lcm(16, v["scale_factor_spatial"] * _patch(t)),
+                                frame_factor=lambda v: v["scale_factor_temporal"], fps=16),
+    "HunyuanVideoPipeline": PipelineInfo("HunyuanVideoTransformer3DModel", "video",
+                                         lambda v, t: math.lcm(16, v["spatial_compression_ratio"] * _patch(t)),
+                                         guidance="true_cfg_scale",
+                                         frame_factor=lambda v: v["temporal_compression_ratio"], fps=15),
 }
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+HUB_ID = re.compile(r"^[\w-][\w.-]*/[\w.-]+$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HUB_PROBE_TIMEOUT_S = 5.0
 
 
 def supported_pipelines() -> list[str]:
-    return sorted(name for name, (transformer, _) in PIPELINES.items() if transformer in PLANS)
+    return sorted(name for name, info in PIPELINES.items() if info.transformer in PLANS)
 
 
-def pipeline_class(model: str) -> str:
-    """The pipeline class named by ``model_index.json`` of a local folder or a hub id; raises
-    naming the supported classes when it is not one of them."""
+def _looks_like_path(model: str) -> bool:
+    """A name a user means as a folder: ``./x``, ``/x``, ``~/x``, ``x/y/z``, or ``x/y`` where ``x`` is
+    a local folder. Such a name is never looked up on the hub."""
+    if model.startswith((".", "/", "~")) or model.endswith("/") or model.count("/") != 1:
+        return True
+    return os.path.isdir(model.split("/", 1)[0])
+
+
+def _hub_reachable_error() -> str | None:
+    """Why the hub cannot be reached (None when it can): a TCP connection to its host, given a
+    few seconds, instead of the hub client's retries that take half a minute offline."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(error.strerror or str(error))
+
+    thread = threading.Thread(target=probe, daemon=True)  # name resolution itself has no timeout
+    thread.start()
+    thread.join(HUB_PROBE_TIMEOUT_S)
+    return outcome[0] if outcome else f"no answer in {HUB_PROBE_TIMEOUT_S:.0f} s"
+
+
+def _hub_config(model: str, subfolder: str | None = None) -> Config:
+    """``model_index.json`` (or a component's ``config.json``) of a hub id: from the local cache
+    when it is there, else downloaded after a quick check that the hub answers."""
+    from huggingface_hub import constants, hf_hub_download
+
+    name = "config.json" if subfolder else "model_index.json"
+
+    def load(**kwargs) -> Config:
+        with open(hf_hub_download(model, name, subfolder=subfolder, **kwargs)) as f:
+            return json.load(f)
+
+    try:
+        return load(local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached: ask the hub below
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(f"--model {model!r} is not a local folder and not in the hub cache (HF_HUB_OFFLINE is set)")
+    why = _hub_reachable_error()
+    if why is not None:
+        raise ValueError(f"--model {model!r} is not a local folder, and the hub ({constants.ENDPOINT}) cannot be "
+                         f"reached: {why}. Give the path of a pipeline folder, or download the model first")
+    try:
+        return load()
+    except Exception as error:  # noqa: BLE001 - any failure to find it means the same to the user
+        raise ValueError(f"--model {model!r}: the hub has no {name} for it ({type(error).__name__})") from None
+
+
+def _component_config(model: str, component: str) -> Config:
+    if os.path.isdir(model):
+        path = os.path.join(model, component, "config.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"--model {model!r} has no {component}/config.json")
+        with open(path) as f:
+            return json.load(f)
+    return _hub_config(model, component)
+
+
+def model_index(model: str) -> Config:
+    """``model_index.json`` of a local pipeline folder or a hub id; raises with a message naming
+    ``--model`` when it is neither."""
     if os.path.isdir(model):
         index = os.path.join(model, "model_index.json")
         if not os.path.isfile(index):
             raise ValueError(f"--model {model!r} is a folder without model_index.json (not a diffusers pipeline)")
         with open(index) as f:
-            name = json.load(f).get("_class_name")
-    elif not HUB_ID.match(model):
+            return json.load(f)
+    if _looks_like_path(model):
+        raise ValueError(f"--model {model!r}: no such folder")
+    if not HUB_ID.match(model):
         raise ValueError(f"--model {model!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}), a pipeline "
                          "folder, or a hub id (organisation/name)")
-    else:
-        from diffusers import DiffusionPipeline
+    return _hub_config(model)
 
-        try:
-            name = DiffusionPipeline.load_config(model).get("_class_name")
-        except Exception as error:  # noqa: BLE001 - any failure to find it means the same to the user
-            raise ValueError(f"--model {model!r}: no pipeline folder of that name, and the hub has none it can "
-                             f"reach ({type(error).__name__})") from None
+
+def pipeline_class(index: Config) -> str:
+    """The pipeline class a ``model_index.json`` names; raises naming the supported classes."""
+    name = index.get("_class_name")
     if name not in supported_pipelines():
         raise ValueError(f"unsupported pipeline class {name!r}; supported: {', '.join(supported_pipelines())}")
     return name
 
 
 def output_kind(class_name: str) -> str:
-    return PIPELINES[class_name][1]
+    return PIPELINES[class_name].output
 
 
 def load(model: str, dtype: str, trust_remote_code: bool = False):
     from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(model, torch_dtype=DTYPES[dtype], use_safetensors=True,
+    return DiffusionPipeline.from_pretrained(model, dtype=DTYPES[dtype], use_safetensors=True,
                                              trust_remote_code=trust_remote_code)
 
 
 # Command-line option -> the pipeline argument it sets (the first one the pipeline takes).
 CALL_ARGUMENTS = {
-    "prompt": ("prompt",), "negative_prompt": ("negative_prompt",), "height": ("height",), "width": ("width",),
-    "num_frames": ("num_frames",), "steps": ("num_inference_steps",), "guidance_scale": ("guidance_scale",),
-    "num_images": ("num_images_per_prompt", "num_videos_per_prompt"),
+    "negative_prompt": ("negative_prompt",), "height": ("height",), "width": ("width",),
+    "num_frames": ("num_frames", "video_length"), "steps": ("num_inference_steps",),
+    "guidance_scale": ("guidance_scale",), "true_cfg_scale": ("true_cfg_scale",),
+    "guidance_scale_2": ("guidance_scale_2",), "num_images": ("num_images_per_prompt", "num_videos_per_prompt"),
     "max_sequence_length": ("max_sequence_length",),
 }
+# Set by swiftfusion itself for every call: not settable with --pipeline-arg.
+OWN_ARGUMENTS = ("prompt", "generator", "output_type", "return_dict", "callback_on_step_end", "callback",
+                 "callback_steps", "callback_on_step_end_tensor_inputs")
+
+
+def _signature(class_name: str) -> inspect.Signature:
+    import diffusers
+    from transformers.utils import logging
+
+    # Importing a pipeline class imports its processors; transformers warns then about optional
+    # backends. Rank 0 says it again when it loads the pipeline: once is enough.
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        pipeline = getattr(diffusers, class_name)
+    finally:
+        logging.set_verbosity(verbosity)
+    return inspect.signature(pipeline.__call__)
 
 
 def call_arguments(class_name: str, options: dict) -> dict:
     """Command-line ``options`` (unset ones are None) as keyword arguments of the pipeline's
     ``__call__``; raises naming an option the pipeline does not take."""
-    import diffusers
-
-    accepted = inspect.signature(getattr(diffusers, class_name).__call__).parameters
+    accepted = _signature(class_name).parameters
     arguments = {}
     for option, value in options.items():
         if value is None:
@@ -98,3 +255,169 @@ def call_arguments(class_name: str, options: dict) -> dict:
             raise ValueError(f"--{option.replace('_', '-')} is not an option of {class_name}")
         arguments[names[0]] = value
     return arguments
+
+
+def default_of(class_name: str, argument: str):
+    """The default of one of the pipeline's call arguments (None where it has none)."""
+    parameter = _signature(class_name).parameters.get(argument)
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def takes(class_name: str, argument: str) -> bool:
+    return argument in _signature(class_name).parameters
+
+
+# --pipeline-arg KEY=VALUE, typed by the pipeline's signature.
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _annotation_kinds(annotation, default) -> list[type]:
+    if annotation is inspect.Parameter.empty or isinstance(annotation, str):
+        return [type(default)] if default is not None else [str]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [kind for member in typing.get_args(annotation) for kind in _annotation_kinds(member, None)]
+    return [typing.get_origin(annotation) or annotation]
+
+
+def _kinds(parameter: inspect.Parameter) -> list[type]:
+    default = None if parameter.default is inspect.Parameter.empty else parameter.default
+    return _annotation_kinds(parameter.annotation, default)
+
+
+def _settable(parameter: inspect.Parameter) -> bool:
+    """Whether a value of the parameter's type can be written on a command line."""
+    return bool(set(_kinds(parameter)) & {bool, int, float, str, dict, list})
+
+
+KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a JSON object",
+              list: "a JSON list", type(None): "none"}
+
+
+def _kinds_text(kinds: list[type]) -> str:
+    return " or ".join(KIND_NAMES.get(kind, getattr(kind, "__name__", str(kind))) for kind in kinds)
+
+
+def _convert(text: str, kinds: list[type]):
+    if type(None) in kinds and text.lower() == "none":
+        return None
+    for kind in (bool, int, float, dict, list, str):  # the strictest reading first
+        if kind not in kinds:
+            continue
+        if kind is bool and text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        if kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+        if kind in (dict, list):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, kind):
+                return value
+        if kind is str:
+            return text
+    raise ValueError(f"expects {_kinds_text(kinds)}, got {text!r}")
+
+
+def pipeline_arguments(class_name: str, items: list[str], dedicated: dict[str, str]) -> dict:
+    """``--pipeline-arg KEY=VALUE`` items as typed keyword arguments of the pipeline's ``__call__``.
+    ``dedicated``: pipeline argument -> the CLI flag that sets it (those keys are refused)."""
+    parameters = _signature(class_name).parameters
+    result = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--pipeline-arg takes KEY=VALUE, got {item!r}")
+        if key in dedicated:
+            raise ValueError(f"--pipeline-arg {key}: use {dedicated[key]}")
+        if key in OWN_ARGUMENTS:
+            raise ValueError(f"--pipeline-arg {key}: set by swiftfusion for every call, not settable")
+        if key not in parameters or key == "self" or parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+            settable = sorted(k for k, p in parameters.items() if k not in (*OWN_ARGUMENTS, *dedicated)
+                              and p.kind is p.POSITIONAL_OR_KEYWORD and k != "self" and _settable(p))
+            raise ValueError(f"--pipeline-arg {key}: {class_name} takes no argument {key!r}; it takes "
+                             f"{', '.join(settable)}")
+        parameter = parameters[key]
+        if not _settable(parameter):
+            raise ValueError(f"--pipeline-arg {key}: a {_kinds_text(_kinds(parameter))} cannot be given on the command "
+                             "line")
+        kinds = _kinds(parameter)
+        try:
+            result[key] = _convert(text.strip(), kinds)
+        except ValueError as error:
+            raise ValueError(f"--pipeline-arg {key} {error}") from None
+    return result
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What one run asks of the pipeline, as far as the checks below need it."""
+
+    sizes: list[tuple[int | None, int | None]]  # (height, width) of each request; None: the default
+    num_frames: int | None
+    negative_prompt: bool  # any request has one
+    cfg_degree: int
+
+
+def check_run(model: str, class_name: str, index: Config, call: dict, run: RunShape,
+              flag: Callable[[str], str]) -> None:
+    """Rejects what the pipeline would reject, change silently, or ignore, before any work.
+    ``call``: the pipeline arguments set; ``flag(argument)``: the CLI flag that sets it."""
+    info = PIPELINES[class_name]
+    vae, transformer = _component_config(model, "vae"), _component_config(model, "transformer")
+    multiple = info.size_multiple(vae, transformer)
+    binning = call.get("use_resolution_binning", default_of(class_name, "use_resolution_binning"))
+    for height, width in run.sizes:
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and value % multiple:
+                lower, upper = value // multiple * multiple, (value // multiple + 1) * multiple
+                near = f"{lower} or {upper}" if lower else str(upper)
+                raise ValueError(f"{flag(name)} {value} is not a multiple of {multiple}, which {class_name} needs "
+                                 f"for this model (VAE and patch size); nearest: {near}")
+        if binning and info.binning_shapes is not None:
+            default = transformer["sample_size"] * _vae_factor(vae)
+            shape = (height or default, width or default)
+            if shape not in info.binning_shapes():
+                raise ValueError(
+                    f"{class_name}'s resolution binning would make {shape[0]}x{shape[1]} (height x width) another "
+                    f"size; choose one of {', '.join(f'{h}x{w}' for h, w in info.binning_shapes())}, or pass "
+                    "--pipeline-arg use_resolution_binning=false")
+    sample_size = transformer.get("sample_size")
+    if binning and info.binning_sample_sizes is not None and sample_size not in info.binning_sample_sizes:
+        raise ValueError(
+            f"{class_name}'s resolution binning (on by default) needs a transformer sample_size of "
+            f"{', '.join(map(str, info.binning_sample_sizes))}; this model's is {transformer['sample_size']}: pass "
+            "--pipeline-arg use_resolution_binning=false")
+    if info.frame_factor is not None and run.num_frames is not None and (run.num_frames - 1) % info.frame_factor(vae):
+        factor = info.frame_factor(vae)
+        lower = (run.num_frames - 1) // factor * factor + 1
+        raise ValueError(f"{flag('num_frames')} {run.num_frames}: {class_name} takes {factor} × k + 1 frames for this "
+                         f"VAE; nearest: {lower} or {lower + factor}")
+    _check_guidance(class_name, info, index, call, run, flag)
+
+
+def _check_guidance(class_name: str, info: PipelineInfo, index: Config, call: dict, run: RunShape,
+                    flag: Callable[[str], str]) -> None:
+    scale = call.get(info.guidance, default_of(class_name, info.guidance))
+    if info.guidance == "true_cfg_scale":
+        active = scale is not None and scale > 1 and run.negative_prompt
+        if "true_cfg_scale" in call and scale > 1 and not run.negative_prompt:
+            raise ValueError(f"{flag('true_cfg_scale')} {scale} has no effect on {class_name} without "
+                             f"{flag('negative_prompt')}")
+        scale_needed = f"{flag('true_cfg_scale')} > 1 (it is {scale})"
+        needs = f"{scale_needed} and {flag('negative_prompt')}"
+    else:
+        active = scale is not None and scale > 1
+        needs = scale_needed = f"{flag('guidance_scale')} > 1 (it is {scale})"
+    if run.negative_prompt and not active:
+        raise ValueError(f"{flag('negative_prompt')} has no effect on {class_name} unless {scale_needed}")
+    if run.cfg_degree == 2 and not active:
+        raise ValueError(f"{flag('cfg_degree')} 2 runs the two guidance branches on two ranks, but {class_name} runs "
+                         f"one branch here: classifier-free guidance needs {needs}")
+    if "guidance_scale_2" in call and not (index.get("transformer_2") or [None])[0]:
+        raise ValueError(f"{flag('guidance_scale_2')} is for two-expert (Wan 2.2) pipelines; this {class_name} has "
+                         "no transformer_2")

@@ -46,6 +46,19 @@ def check_generation_args(prompts: Sequence[int], num_images_per_prompt: int, nu
         )
 
 
+def initial_noise(seed: int | Sequence[int], n: int) -> torch.Tensor:
+    """The starting noise of ``n`` images: from one generator seeded with ``seed``, or with a list
+    of ``n`` seeds, each image from its own (so an image does not depend on its batch). Every rank
+    draws the noise of the whole batch, so any split reproduces one process."""
+    shape = (1, digits.IMAGE_SIZE, digits.IMAGE_SIZE)
+    if _is_int(seed):
+        return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
+    seeds = list(seed)
+    if len(seeds) != n or not all(_is_int(s) for s in seeds):
+        raise ValueError(f"seed must be an integer or a list of {n} integers (one per image), got {seed!r}")
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
 class DigitsPipeline:
     def __init__(self, transformer: torch.nn.Module) -> None:
         self.transformer = transformer
@@ -66,18 +79,20 @@ class DigitsPipeline:
         num_images_per_prompt: int = 1,
         num_inference_steps: int = digits.DEFAULT_STEPS,
         guidance_scale: float = digits.DEFAULT_GUIDANCE_SCALE,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         show_progress: bool = True,
         callback_on_step_end: Callable[[int], None] | None = None,
     ) -> DigitsOutput:
+        if self.split.mesh is not None:  # first, before any check or collective that could differ per rank
+            from .agreement import check_same_call
+
+            check_same_call(locals())  # at the top, locals() holds exactly the call's arguments
         prompts = [digit] if isinstance(digit, int) else list(digit)
         check_generation_args(prompts, num_images_per_prompt, num_inference_steps, guidance_scale,
                               self.split.cfg_size)
         labels = torch.tensor(prompts).repeat_interleave(num_images_per_prompt)
         n = labels.shape[0]
-        # Every rank draws the noise of the whole batch, so any split reproduces one process.
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn((n, 1, digits.IMAGE_SIZE, digits.IMAGE_SIZE), generator=generator)
+        noise = initial_noise(seed, n)
         mine = self.split.local_indices(n)
         x = noise[mine].to(self.device)
         cond = labels[mine].to(self.device)

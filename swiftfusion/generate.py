@@ -1,0 +1,249 @@
+"""One rank's share of ``swiftfusion generate``: load the pipeline, parallelize it, run the job's
+pipeline calls (optionally warm-up runs, timed iterations and a profiler trace), and on rank 0
+write the outputs with their metadata and print the timing. ``GenerateJob`` is what the command
+line hands every rank: checked, complete, and small enough to send to spawned processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import runtime
+from .config import ParallelConfig
+from .images import grid, video_frames, write_json, write_png, write_video
+from .prompts import Call, Image, Row
+from .timing import RunTiming, StepClock, gib, memory_kind, peak_memory_bytes, profiled, spread
+
+# Files an earlier run of ``--output-dir`` wrote (see ``prompts.image_plan`` for the names).
+OUTPUT_NAME = re.compile(r"^\d{3}(-\d{2})?\.(png|gif|mp4|json)$")
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    model: str
+    pipeline_class: str | None  # None: the built-in model
+    rows: list[Row]
+    images: list[Image]
+    calls: list[Call]
+    call: dict  # pipeline arguments shared by every call (steps, guidance, images per prompt, ...)
+    settings: dict  # what the metadata records about the sampling (defaults filled in)
+    output: str | None  # one file: the image itself, or a grid of all
+    output_dir: str | None  # one file per image, named by ``Image.name``
+    suffix: str  # ".png", ".gif" or ".mp4"
+    metadata: bool
+    fps: float
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    ranks_per_node: int | None = None
+    warmup: int = 0
+    iterations: int = 1
+    profile: str | None = None
+
+
+def earlier_outputs(folder: str | os.PathLike) -> list[Path]:
+    """Files in ``folder`` named as a ``--output-dir`` run names its outputs."""
+    path = Path(folder)
+    return sorted(p for p in path.iterdir() if OUTPUT_NAME.match(p.name)) if path.is_dir() else []
+
+
+def quiet_other_ranks() -> None:
+    """Only rank 0 prints progress, warnings and library logs; other ranks print errors only."""
+    if runtime.rank() == 0:
+        return
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    for library in (diffusers, transformers):
+        library.utils.logging.set_verbosity_error()
+        library.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+    warnings.simplefilter("ignore")
+
+
+def run_rank(job: GenerateJob, config: ParallelConfig) -> None:
+    """Everything one rank does for ``swiftfusion generate`` (a module-level function: it is
+    started in every spawned rank)."""
+    quiet_other_ranks()
+    device = runtime.default_device()
+    clock = StepClock(device)
+    start = clock.now()
+    pipe, transformers = _load(job, device)
+    if config.product > 1:
+        from .pipelines import parallelize
+
+        pipe = parallelize(pipe, config, ranks_per_node=job.ranks_per_node)
+    load_s = clock.now() - start
+    me = runtime.rank()
+    for _ in range(job.warmup):
+        _run_calls(pipe, job, clock, transformers, show_progress=False)
+    runs: list[RunTiming] = []
+    with profiled(job.profile, me, device):
+        for _ in range(job.iterations):
+            outputs, timing = _run_calls(pipe, job, clock, transformers, show_progress=me == 0 and not runs)
+            runs.append(timing)
+    peaks = _gather_peaks(peak_memory_bytes(device), config)
+    if me != 0:
+        return
+    report = {**runs[-1].summary(), "load_s": load_s, "peak_memory_bytes": peaks, "memory": memory_kind(device)}
+    _write_outputs(job, config, outputs, report)
+    _print_report(job, config, report, runs)
+
+
+def _gather_peaks(mine: int, config: ParallelConfig) -> list[int]:
+    if runtime.world_size() == 1:
+        return [mine]
+    from . import comm
+
+    return [int(v) for v in comm.all_gather_object(mine)]
+
+
+def _load(job: GenerateJob, device: torch.device):
+    """The pipeline and the transformer(s) whose first call marks the start of denoising."""
+    if job.pipeline_class is None:
+        from .pipelines import load_pipeline
+
+        pipe = load_pipeline(job.model)
+        return pipe, [pipe.transformer]
+    from .pipelines import diffusers_pipelines
+
+    pipe = diffusers_pipelines.load(job.model, job.dtype, job.trust_remote_code).to(device)
+    pipe.set_progress_bar_config(disable=runtime.rank() != 0)
+    models = [getattr(pipe, name, None) for name in ("transformer", "transformer_2")]
+    return pipe, [m for m in models if m is not None]
+
+
+def _run_calls(pipe, job: GenerateJob, clock: StepClock, transformers, show_progress: bool):
+    """All of the job's pipeline calls once: the outputs (``[C, H, W]`` images or ``[F, C, H, W]``
+    videos, floats in [0, 1], in the job's image order) and their timing."""
+    timing = RunTiming()
+    outputs: list[torch.Tensor] = []
+    for call in job.calls:
+        with clock.call(timing, transformers) as step_end:
+            if job.pipeline_class is None:
+                outputs.extend(_digits_call(pipe, job, call, step_end, show_progress))
+            else:
+                outputs.extend(_diffusers_call(pipe, job, call, step_end, show_progress))
+    return outputs, timing
+
+
+def _digits_call(pipe, job: GenerateJob, call: Call, step_end, show_progress: bool) -> list[torch.Tensor]:
+    digits = [int(job.rows[r].prompt) for r in call.rows]
+    result = pipe(digits, seed=[image.seed for image in call.images], show_progress=show_progress,
+                  callback_on_step_end=lambda step: step_end(), **job.call)
+    return list(result.images)
+
+
+def _diffusers_call(pipe, job: GenerateJob, call: Call, step_end, show_progress: bool) -> list[torch.Tensor]:
+    from .pipelines import diffusers_pipelines
+
+    rows = [job.rows[r] for r in call.rows]
+    arguments = dict(job.call)
+    if rows[0].height is not None:
+        arguments.update(height=rows[0].height, width=rows[0].width)
+    if rows[0].negative_prompt is not None:
+        arguments["negative_prompt"] = [row.negative_prompt for row in rows]
+    if diffusers_pipelines.takes(job.pipeline_class, "callback_on_step_end"):
+        def on_step_end(pipeline, step, timestep, tensors):
+            step_end()
+            return {}
+
+        arguments["callback_on_step_end"] = on_step_end
+    else:  # PixArt's older callback
+        arguments.update(callback=lambda *_: step_end(), callback_steps=1)
+    pipe.set_progress_bar_config(disable=not show_progress)
+    generators = [torch.Generator().manual_seed(image.seed) for image in call.images]
+    result = pipe(prompt=[row.prompt for row in rows], generator=generators, output_type="np", **arguments)
+    if diffusers_pipelines.output_kind(job.pipeline_class) == "video":
+        return [_channels_first(video) for video in result.frames]  # [F, C, H, W] each
+    return list(_channels_first(result.images))
+
+
+def _channels_first(pixels: np.ndarray) -> torch.Tensor:
+    """diffusers' ``output_type="np"`` ``[..., H, W, C]`` -> ``[..., C, H, W]``."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).movedim(-1, -3)
+
+
+def layout(config: ParallelConfig) -> dict:
+    skip = ("intra_node_link", "inter_node_link", "world_size", "collective_timeout_s")
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in skip}
+
+
+def _metadata(job: GenerateJob, config: ParallelConfig, image: Image, report: dict) -> dict:
+    from . import __version__
+
+    row = job.rows[image.row]
+    entry = {"prompt": row.prompt, "negative_prompt": row.negative_prompt, "seed": image.seed,
+             "row": image.row, "image": image.index, "model": job.model,
+             "pipeline": job.pipeline_class or "swiftfusion DigitsPipeline", **job.settings}
+    if row.height is not None:
+        entry.update(height=row.height, width=row.width)
+    entry = {k: v for k, v in entry.items() if v is not None}
+    timings = {k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()}
+    return {**entry, "layout": layout(config), "world_size": runtime.world_size(), "timings": timings,
+            "swiftfusion": __version__}
+
+
+def _write_outputs(job: GenerateJob, config: ParallelConfig, outputs: list[torch.Tensor], report: dict) -> None:
+    entries = [_metadata(job, config, image, report) for image in job.images]
+    video = job.suffix != ".png"
+    if job.output is not None:
+        sidecar = Path(job.output).with_suffix(".json")
+        if video:
+            write_video(video_frames(torch.stack(outputs)), job.output, job.fps)
+        else:
+            write_png(grid(torch.stack(outputs)), job.output, {"swiftfusion": {"images": entries}}
+                      if job.metadata else None)
+        if job.metadata:
+            write_json({"images": entries}, sidecar)
+        print(f"wrote {job.output}" + (f" and {sidecar}" if job.metadata else ""))
+        return
+    folder = Path(job.output_dir)
+    folder.mkdir(exist_ok=True)
+    stale = set(earlier_outputs(folder))  # only when --overwrite was given (checked before the run)
+    for image, output, entry in zip(job.images, outputs, entries, strict=True):
+        path = folder / f"{image.name}{job.suffix}"
+        if video:
+            write_video(video_frames(output[None]), path, job.fps)
+        else:
+            write_png(grid(output[None]), path, {"prompt": entry["prompt"], "swiftfusion": entry}
+                      if job.metadata else None)
+        stale.discard(path)
+        if job.metadata:
+            write_json(entry, path.with_suffix(".json"))
+            stale.discard(path.with_suffix(".json"))
+    for path in stale:  # what an earlier, larger run left
+        path.unlink()
+    kind = "videos" if video else "images"
+    print(f"wrote {len(outputs)} {kind} to {job.output_dir}" + (" (with .json metadata)" if job.metadata else ""))
+
+
+def _print_report(job: GenerateJob, config: ParallelConfig, report: dict, runs: list[RunTiming]) -> None:
+    peaks = ", ".join(f"rank {r} {gib(b)}" for r, b in enumerate(report["peak_memory_bytes"]))
+    print(f"time: load {report['load_s']:.2f} s, encode {report['encode_s']:.2f} s, "
+          f"denoise {report['denoise_s']:.2f} s "
+          f"({report['steps']} steps, median {report['step_median_s']:.3f} s/step), decode {report['decode_s']:.2f} s, "
+          f"total {report['total_s']:.2f} s")
+    print(f"peak memory per rank ({report['memory']}): {peaks}")
+    if job.iterations == 1 and job.warmup == 0:
+        return
+    totals = [run.total_s for run in runs]
+    steps = [run.summary()["step_median_s"] for run in runs]
+    print(f"benchmark: {len(runs)} iterations after {job.warmup} warm-up: "
+          f"total median {spread(totals)['median']:.3f} s "
+          f"(min {min(totals):.3f}, max {max(totals):.3f}), step median {spread(steps)['median']:.4f} s "
+          f"(min {min(steps):.4f}, max {max(steps):.4f})")
+    print(json.dumps({
+        "benchmark": "generate", "model": job.model, "layout": layout(config), "world_size": runtime.world_size(),
+        "images": len(job.images), "warmup": job.warmup, "iterations": len(runs), "total_s": spread(totals),
+        "step_median_s": spread(steps), "load_s": report["load_s"], "peak_memory_bytes": report["peak_memory_bytes"],
+    }))

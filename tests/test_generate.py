@@ -1,0 +1,308 @@
+"""``swiftfusion generate`` used as a user would: several prompts and prompts files, per-image seeds,
+outputs with metadata and the user's permissions, videos, timing, benchmarking and profiling, and
+options that a pipeline would ignore or reject caught before any work."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from swiftfusion import cli
+from swiftfusion.pipelines import diffusers_pipelines
+from swiftfusion.prompts import Row, calls, image_plan, read_prompts_file
+
+
+def _generate(*args, umask=None, check=True, env=None):
+    command = [sys.executable, "-m", "swiftfusion", "generate", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400,
+                            preexec_fn=None if umask is None else (lambda: os.umask(umask)),
+                            env=None if env is None else {**os.environ, **env})
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def _pixels(path):
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if a model load or a launch is attempted."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the input was checked")
+
+    monkeypatch.setattr(diffusers_pipelines, "load", forbidden)
+    monkeypatch.setattr("swiftfusion.pipelines.load_pipeline", forbidden)
+    monkeypatch.setattr(cli, "launch", forbidden)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+
+def _error_of(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1].removeprefix("swiftfusion: error: ")
+
+
+# --- options checked against the pipeline before any work ---------------------------------------
+
+PIPELINE_ERRORS = [
+    ("flux", ["--negative-prompt", "a dog"],
+     "--negative-prompt has no effect on FluxPipeline unless --true-cfg-scale > 1 (it is 1.0)"),
+    ("flux", ["--nproc", "2", "--cfg-degree", "2"],
+     "--cfg-degree 2 runs the two guidance branches on two ranks, but FluxPipeline runs one branch here: "
+     "classifier-free guidance needs --true-cfg-scale > 1 (it is 1.0) and --negative-prompt"),
+    ("flux", ["--nproc", "2", "--use_cfg_parallel", "--true_cfg_scale", "4"],
+     "--true_cfg_scale 4.0 has no effect on FluxPipeline without --negative-prompt"),
+    ("flux", ["--height", "30"], "--height 30 is not a multiple of 4, which FluxPipeline needs for this model (VAE and "
+     "patch size); nearest: 28 or 32"),
+    ("sd3", ["--width", "22"], "--width 22 is not a multiple of 4, which StableDiffusion3Pipeline needs for this model "
+     "(VAE and patch size); nearest: 20 or 24"),
+    ("sd3", ["--guidance-scale", "1", "--negative-prompt", "x"],
+     "--negative-prompt has no effect on StableDiffusion3Pipeline unless --guidance-scale > 1 (it is 1.0)"),
+    ("pixart", ["--height", "40", "--width", "40"],
+     "PixArtSigmaPipeline's resolution binning (on by default) needs a transformer sample_size of 32, 64, 128, 256; "
+     "this model's is 10: pass --pipeline-arg use_resolution_binning=false"),
+    ("pixart", ["--height", "36", "--pipeline-arg", "use_resolution_binning=false"],
+     "--height 36 is not a multiple of 8, which PixArtSigmaPipeline needs for this model (VAE and patch size); "
+     "nearest: 32 or 40"),
+    ("wan", ["--num-frames", "10", "--output", "x.gif"],
+     "--num-frames 10: WanPipeline takes 4 × k + 1 frames for this VAE; nearest: 9 or 13"),
+    ("wan", ["--height", "40", "--output", "x.gif"],
+     "--height 40 is not a multiple of 16, which WanPipeline needs for this model (VAE and patch size); nearest: 32 "
+     "or 48"),
+    ("wan", ["--guidance-scale-2", "3", "--output", "x.gif"],
+     "--guidance-scale-2 is for two-expert (Wan 2.2) pipelines; this WanPipeline has no transformer_2"),
+    ("wan", ["--fps", "0", "--output", "x.gif"], "--fps must be a positive number, got 0.0"),
+    ("flux", ["--fps", "8"], "--fps is for video pipelines; FluxPipeline makes images"),
+    ("flux", ["--pipeline-arg", "height=8"], "--pipeline-arg height: use --height"),
+    ("flux", ["--pipeline-arg", "generator=1"], "--pipeline-arg generator: set by swiftfusion for every call, not "
+     "settable"),
+    ("flux", ["--pipeline-arg", "latents=1"], "--pipeline-arg latents: a FloatTensor or none cannot be given on the "
+     "command line"),
+    ("flux", ["--pipeline-arg", "sigmas=fast"], "--pipeline-arg sigmas expects a JSON list or none, got 'fast'"),
+    ("flux", ["--pipeline-arg", "nonsense"], "--pipeline-arg takes KEY=VALUE, got 'nonsense'"),
+    ("flux", ["--num-frames", "9"], "--num-frames is not an option of FluxPipeline"),
+]
+
+
+@pytest.mark.parametrize("name,extra,message", PIPELINE_ERRORS)
+def test_pipeline_options_are_checked_before_any_work(no_work, capsys, tmp_path, pipeline_folders, name, extra,
+                                                      message):
+    output = ["--output", str(tmp_path / "x.png")] if "--output" not in extra else []
+    extra = [str(tmp_path / e) if e == "x.gif" else e for e in extra]
+    argv = ["generate", "--model", pipeline_folders[name], "--prompt", "a cat", *output, *extra]
+    assert _error_of(argv, capsys) == message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_pipeline_argument_lists_the_settable_ones(no_work, capsys, tmp_path, pipeline_folders):
+    error = _error_of(["generate", "--model", pipeline_folders["sd3"], "--prompt", "a", "--output",
+                       str(tmp_path / "x.png"), "--pipeline-arg", "colour=red"], capsys)
+    assert error.startswith("--pipeline-arg colour: StableDiffusion3Pipeline takes no argument 'colour'; it takes ")
+    assert "skip_guidance_layers" in error and "latents" not in error.split("it takes")[1]
+
+
+def test_pipeline_arguments_are_typed_by_the_signature():
+    typed = diffusers_pipelines.pipeline_arguments(
+        "FluxPipeline", ["sigmas=[1.0, 0.5]", "joint_attention_kwargs={\"scale\": 0.5}", "prompt_2=a big cat"], {})
+    assert typed == {"sigmas": [1.0, 0.5], "joint_attention_kwargs": {"scale": 0.5}, "prompt_2": "a big cat"}
+    pixart = diffusers_pipelines.pipeline_arguments(
+        "PixArtSigmaPipeline", ["use_resolution_binning=false", "eta=0.5", "clean_caption=yes"], {})
+    assert pixart == {"use_resolution_binning": False, "eta": 0.5, "clean_caption": True}
+    assert diffusers_pipelines.pipeline_arguments("FluxPipeline", ["sigmas=none"], {}) == {"sigmas": None}
+
+
+def test_missing_folders_and_unreachable_hub_fail_fast(no_work, capsys, tmp_path, monkeypatch):
+    assert _error_of(["generate", "--model", "./no-such-model", "--prompt", "a", "--output", "x.png"], capsys) == \
+        "--model './no-such-model': no such folder"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    assert _error_of(["generate", "--model", "models/flux", "--prompt", "a", "--output", "x.png"], capsys) == \
+        "--model 'models/flux': no such folder"
+    # A hub id with no hub to reach (a closed port on this machine): a clear error within seconds.
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    start = time.monotonic()
+    error = _error_of(["generate", "--model", "someone/some-model", "--prompt", "a", "--output", "x.png"], capsys)
+    assert time.monotonic() - start < 10
+    assert error.startswith("--model 'someone/some-model' is not a local folder, and the hub (http://127.0.0.1:9) "
+                            "cannot be reached: ")
+    assert error.endswith("Give the path of a pipeline folder, or download the model first")
+
+
+def test_every_flag_has_help_and_the_version_prints(capsys):
+    generate = cli._generate_parser(cli.build_parser())
+    missing = [a.option_strings for a in generate._actions if a.option_strings and not a.help]
+    assert missing == []
+    titles = [group.title for group in generate._action_groups]
+    assert "topology (for --sp-layout auto and TAPA)" in titles
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    from swiftfusion import __version__
+
+    assert capsys.readouterr().out.strip() == f"swiftfusion {__version__}"
+
+
+# --- prompts, seeds and names ---------------------------------------------------------------------
+
+def test_prompts_files_in_three_formats(tmp_path):
+    (tmp_path / "p.txt").write_text("a red cat\n\n  the big city  \n")
+    (tmp_path / "p.csv").write_text("prompt,seed,negative_prompt\na red cat,7,\n\"a dog, small\",,blurry\n")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a cat", "size": "40x24"}\n\n{"prompt": "a dog", "height": 8, '
+                                      '"width": 16, "seed": 3}\n')
+    assert read_prompts_file(str(tmp_path / "p.txt")) == [Row("a red cat"), Row("the big city")]
+    assert read_prompts_file(str(tmp_path / "p.csv")) == [Row("a red cat", seed=7),
+                                                         Row("a dog, small", negative_prompt="blurry")]
+    assert read_prompts_file(str(tmp_path / "p.jsonl")) == [Row("a cat", height=24, width=40),
+                                                           Row("a dog", seed=3, height=8, width=16)]
+    bad = {
+        "b.csv": ("text,seed\na,1\n", "a CSV file needs a header with a 'prompt' column, got ['text', 'seed']"),
+        "c.jsonl": ('{"prompt": "a", "steps": 3}\n', "line 1: unknown key 'steps'; allowed: prompt, negative_prompt, "
+                    "seed, height, width, size"),
+        "d.jsonl": ('{"prompt": "a"}\n{"prompt": "b", "size": "big"}\n',
+                    "line 2: 'size' must be WIDTHxHEIGHT (e.g. 1024x768), got 'big'"),
+        "e.jsonl": ('{"prompt": "a", "seed": -2}\n', "line 1: 'seed' must be an integer >= 0, got -2"),
+        "f.jsonl": ("[1]\n", "line 1: expected an object like {\"prompt\": ...}"),
+        "g.txt": ("\n\n", "no prompts in it"),
+    }
+    for name, (text, message) in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError) as error:
+            read_prompts_file(str(tmp_path / name))
+        assert str(error.value) == f"--prompts-file {str(tmp_path / name)!r}" + (
+            ": " if not message.startswith("line") else " ") + message
+
+
+def test_seeds_names_and_calls():
+    rows = [Row("a"), Row("b", seed=100), Row("c", height=8, width=8), Row("d", height=8, width=8)]
+    images = image_plan(rows, 2, seed=5)
+    assert [(i.name, i.seed) for i in images] == [
+        ("000-00", 5), ("000-01", 6), ("001-00", 100), ("001-01", 101), ("002-00", 9), ("002-01", 10),
+        ("003-00", 11), ("003-01", 12)]
+    assert [i.name for i in image_plan([Row("a")], 3, 0)] == ["000", "001", "002"]
+    assert [i.name for i in image_plan(rows[:2], 1, 0)] == ["000", "001"]
+    assert [c.rows for c in calls(rows, images, batch_size=2)] == [[0, 1], [2, 3]]
+    assert [c.rows for c in calls(rows, images, batch_size=1)] == [[0], [1], [2], [3]]
+    assert [image.seed for image in calls(rows, images, 3)[1].images] == [9, 10, 11, 12]
+
+
+# --- real runs --------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(600)
+def test_prompts_file_data_parallel_equals_one_process_with_metadata(pipeline_folders, tmp_path):
+    """10 rows on 2 data-parallel ranks: 10 images named by row, each equal to the single-process
+    image of its row and seed, each with its metadata; files get the user's umask permissions."""
+    prompts = tmp_path / "prompts.txt"
+    words = ["a red cat", "a blue dog", "the big city", "a small tree", "a green photo", "the sunset",
+             "a cat on a tree", "the dog in the city", "a red painting", "the blue sunset"]
+    prompts.write_text("\n".join(words) + "\n")
+    common = ["--model", pipeline_folders["sd3"], "--prompts-file", str(prompts), "--steps", "2", "--height", "20",
+              "--width", "20", "--max-sequence-length", "7", "--seed", "40"]
+    run = _generate(*common, "--output-dir", str(tmp_path / "dp"), "--nproc", "2", "--data-degree", "2",
+                    umask=0o027)
+    _generate(*common, "--output-dir", str(tmp_path / "one"))
+    names = [f"{i:03d}" for i in range(10)]
+    assert sorted(p.name for p in (tmp_path / "dp").iterdir()) == sorted(
+        [f"{n}.png" for n in names] + [f"{n}.json" for n in names])
+    for i, name in enumerate(names):
+        parallel, one = tmp_path / "dp" / f"{name}.png", tmp_path / "one" / f"{name}.png"
+        assert np.abs(_pixels(parallel) - _pixels(one)).max() <= 1
+        meta = json.loads((tmp_path / "dp" / f"{name}.json").read_text())
+        assert (meta["prompt"], meta["seed"], meta["steps"], meta["guidance_scale"]) == (words[i], 40 + i, 2, 7.0)
+        assert meta["layout"]["data_degree"] == 2 and meta["world_size"] == 2
+        assert set(meta["timings"]) >= {"load_s", "encode_s", "denoise_s", "decode_s", "total_s", "peak_memory_bytes"}
+        assert json.loads(Image.open(parallel).text["swiftfusion"]) == meta
+        assert Image.open(parallel).text["prompt"] == words[i]
+        assert stat.S_IMODE(parallel.stat().st_mode) == 0o640  # 0666 under the umask 027
+    assert _pixels(tmp_path / "one" / "000.png").std() > 1
+    # Only rank 0 prints: one loading bar, a denoising bar per call (5 calls of 2 rows), one report.
+    assert run.stderr.count("Loading pipeline components...:   0%") == 1, run.stderr
+    assert run.stderr.count("  0%|          | 0/2 [") == 5, run.stderr
+    assert run.stderr.count("`CLIPImageProcessor` requires torchvision") <= 1, run.stderr
+    assert run.stdout.count("time: load") == 1 and "peak memory per rank (resident set): rank 0 " in run.stdout
+
+
+@pytest.mark.timeout(600)
+def test_rgb_output_dir_negative_prompts_and_overwrite(pipeline_folders, tmp_path):
+    """Flux with true CFG on two CFG ranks, per-row negative prompts, seeds and sizes from JSONL;
+    an output dir is not overwritten by accident, and --overwrite leaves no stale files."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "a red cat", "negative_prompt": "a dog", "seed": 11}\n'
+                    '{"prompt": "a blue tree", "negative_prompt": "a city", "size": "24x16"}\n')
+    common = ["--model", pipeline_folders["flux"], "--prompts-file", str(rows), "--steps", "2", "--height", "20",
+              "--width", "20", "--max-sequence-length", "7", "--true-cfg-scale", "2"]
+    _generate(*common, "--output-dir", str(tmp_path / "cfg"), "--nproc", "2", "--cfg-degree", "2")
+    _generate(*common, "--output-dir", str(tmp_path / "one"))
+    for name, size in (("000", (20, 20)), ("001", (24, 16))):
+        a, b = _pixels(tmp_path / "cfg" / f"{name}.png"), _pixels(tmp_path / "one" / f"{name}.png")
+        assert a.shape == b.shape == (size[1], size[0], 3)
+        assert np.abs(a - b).max() <= 1
+    meta = [json.loads((tmp_path / "cfg" / f"{n}.json").read_text()) for n in ("000", "001")]
+    assert [(m["negative_prompt"], m["seed"], m["true_cfg_scale"]) for m in meta] == [("a dog", 11, 2.0),
+                                                                                    ("a city", 1, 2.0)]
+    assert (meta[1]["height"], meta[1]["width"]) == (16, 24)
+    refused = _generate(*common[:2], "--prompt", "a cat", "--steps", "1", "--output-dir", str(tmp_path / "cfg"),
+                        check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (f"swiftfusion: error: --output-dir {str(tmp_path / 'cfg')!r} already holds 4 "
+                                      "files of an earlier run (000.json, 000.png, 001.json, ...); pass --overwrite "
+                                      "to replace them, or choose another folder")
+    _generate(*common[:2], "--prompt", "a cat", "--steps", "1", "--height", "20", "--width", "20", "--output-dir",
+              str(tmp_path / "cfg"), "--overwrite", "--no-metadata")
+    assert sorted(p.name for p in (tmp_path / "cfg").iterdir()) == ["000.png"]
+
+
+@pytest.mark.timeout(600)
+def test_video_as_mp4_and_gif(pipeline_folders, tmp_path):
+    import imageio_ffmpeg
+
+    common = ["--model", pipeline_folders["wan"], "--prompt", "a blue tree", "--steps", "2", "--height", "48",
+              "--width", "48", "--num-frames", "9", "--max-sequence-length", "7", "--fps", "10"]
+    _generate(*common, "--output-dir", str(tmp_path / "videos"), "--nproc", "2", "--ulysses-degree", "2")
+    _generate(*common, "--output", str(tmp_path / "one.gif"))
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["000.json", "000.mp4"]
+    reader = imageio_ffmpeg.read_frames(str(tmp_path / "videos" / "000.mp4"))
+    info = next(reader)
+    frames = list(reader)
+    assert (info["size"], info["fps"], len(frames)) == ((48, 48), 10.0, 9)
+    gif = Image.open(tmp_path / "one.gif")
+    assert (gif.n_frames, gif.size, gif.info["duration"]) == (9, (48, 48), 100)
+    assert json.loads((tmp_path / "one.json").read_text())["images"][0]["seed"] == 0
+
+
+def test_videos_fall_back_to_gif_without_an_encoder(no_work, capsys, tmp_path, pipeline_folders, monkeypatch):
+    monkeypatch.setattr("swiftfusion.images.video_encoder_available", lambda: False)
+    common = ["generate", "--model", pipeline_folders["wan"], "--prompt", "a", "--height", "48", "--width", "48"]
+    assert _error_of([*common, "--output", str(tmp_path / "v.mp4")], capsys) == (
+        "--output .mp4 needs the ffmpeg of imageio-ffmpeg: pip install 'swiftfusion[video]' (or write a .gif)")
+    job, _ = cli.check_generate_args(cli.build_parser().parse_args([*common, "--output-dir", str(tmp_path / "v")]),
+                                     cli.Flags(cli.build_parser(), []))
+    assert job.suffix == ".gif"
+
+
+@pytest.mark.timeout(600)
+def test_single_image_has_no_border_and_benchmark_and_profile(tmp_path):
+    run = _generate("--prompt", "4", "--steps", "3", "--output", str(tmp_path / "four.png"), "--nproc", "2",
+                    "--ulysses-degree", "2", "--warmup", "1", "--iterations", "3", "--profile", str(tmp_path / "trace"))
+    assert Image.open(tmp_path / "four.png").size == (32, 32)
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (report["warmup"], report["iterations"], report["world_size"]) == (1, 3, 2)
+    assert report["total_s"]["min"] <= report["total_s"]["median"] <= report["total_s"]["max"]
+    assert report["layout"]["ulysses_degree"] == 2 and len(report["peak_memory_bytes"]) == 2
+    assert "benchmark: 3 iterations after 1 warm-up: total median" in run.stdout
+    for rank in range(2):
+        events = json.loads((tmp_path / "trace" / f"rank{rank}.json").read_text())["traceEvents"]
+        names = {event.get("name", "") for event in events}
+        assert any(n.startswith("gloo:all_to_all") or n.startswith("c10d::alltoall") for n in names), names
+        assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names or "aten::bmm" in names \
+            or any("attention" in n for n in names)

@@ -23,9 +23,9 @@ from pathlib import Path
 from . import __version__
 from .config import ParallelConfig
 from .generate import GenerateJob, earlier_outputs, run_rank
-from .launch import LaunchError, launch
-from .prompts import Row, calls, image_plan, read_prompts_file
-from .runtime import launched_world_size
+from .launch import LaunchError, LaunchInterrupted, launch
+from .prompts import Row, batches, image_plan, read_prompts_file
+from .runtime import launched_rank, launched_world_size
 from .topology import Link
 
 INTERRUPTED_EXIT = 130  # as a shell reports a command stopped by Ctrl-C
@@ -44,11 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .models import BUILTIN_MODELS
     from .models.digits import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 
-    parser = argparse.ArgumentParser(prog="swiftfusion", description="Parallel inference for Diffusion Transformers.")
+    parser = argparse.ArgumentParser(prog="swiftfusion", description="Parallel inference for Diffusion Transformers.",
+                                     allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"swiftfusion {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser(
         "generate", help="generate images or videos", description="Generate images or videos, on one or many ranks.",
+        allow_abbrev=False,
         epilog="Every option is checked before any process starts. xDiT's underscore spellings are accepted.")
 
     what = gen.add_argument_group("what to generate")
@@ -275,14 +277,10 @@ def check_generate_args(args: argparse.Namespace, flag: Flags) -> tuple[Generate
         raise ValueError(f"{flag('nproc')} starts local ranks itself; do not combine it with torchrun (WORLD_SIZE "
                          "is set)")
     world = args.nproc if args.nproc is not None else launched_world_size()
-    config = ParallelConfig(
-        data_degree=args.data_degree, cfg_degree=args.cfg_degree, pipefusion_degree=args.pipefusion_degree,
-        ulysses_degree=args.ulysses_degree, ring_degree=args.ring_degree, sp_layout=args.sp_layout,
-        all_to_all=args.all_to_all, v_first=args.v_first, sp_algorithm=args.sp_algorithm, transport=args.transport,
-        intra_node_link=_link(args.intra_node_link, flag("intra_node_link")),
-        inter_node_link=_link(args.inter_node_link, flag("inter_node_link")),
-        world_size=world, collective_timeout_s=args.timeout,
-    )
+    try:
+        config = _parallel_config(args, world, flag)
+    except ValueError as error:  # the engine's names for its options -> the flags that set them
+        raise ValueError(name_flags(str(error), flag)) from None
     if args.ranks_per_node is not None and (args.ranks_per_node < 1 or world % args.ranks_per_node):
         raise ValueError(f"{flag('ranks_per_node')} {args.ranks_per_node} must be a positive divisor of the world "
                          f"size {world}")
@@ -292,7 +290,11 @@ def check_generate_args(args: argparse.Namespace, flag: Flags) -> tuple[Generate
         pipeline_class, call, settings, suffixes = None, *_check_digits_args(args, rows, config, flag)
     else:
         pipeline_class, call, settings, suffixes = _check_pipeline_args(args, rows, config, flag)
-    suffix = _check_output(args, suffixes, flag)
+    if args.output is not None and len({(r.height or args.height, r.width or args.width) for r in rows}) > 1:
+        raise ValueError(f"--output makes one grid of all images, which needs one size; rows of "
+                         f"{flag('prompts_file')} set several: use {flag('output_dir')}")
+    # Under torchrun the output is rank 0's alone, on rank 0's disk.
+    suffix = _check_output(args, suffixes, flag) if launched_rank() == 0 else suffixes[0]
     images = image_plan(rows, num_images, args.seed)
     fps = args.fps
     if fps is None:
@@ -301,12 +303,23 @@ def check_generate_args(args: argparse.Namespace, flag: Flags) -> tuple[Generate
         fps = PIPELINES[pipeline_class].fps if pipeline_class else 8
     job = GenerateJob(
         model=args.model, pipeline_class=pipeline_class, rows=rows, images=images,
-        calls=calls(rows, images, args.batch_size or config.data_degree), call=call, settings=settings,
+        batches=batches(rows, images, args.batch_size or config.data_degree), call_arguments=call, settings=settings,
         output=args.output, output_dir=args.output_dir, suffix=suffix, metadata=not args.no_metadata, fps=fps,
         dtype=args.dtype or "float32", trust_remote_code=args.trust_remote_code, ranks_per_node=args.ranks_per_node,
         warmup=args.warmup, iterations=args.iterations, profile=args.profile,
     )
     return job, config
+
+
+def _parallel_config(args: argparse.Namespace, world: int, flag: Flags) -> ParallelConfig:
+    return ParallelConfig(
+        data_degree=args.data_degree, cfg_degree=args.cfg_degree, pipefusion_degree=args.pipefusion_degree,
+        ulysses_degree=args.ulysses_degree, ring_degree=args.ring_degree, sp_layout=args.sp_layout,
+        all_to_all=args.all_to_all, v_first=args.v_first, sp_algorithm=args.sp_algorithm, transport=args.transport,
+        intra_node_link=_link(args.intra_node_link, flag("intra_node_link")),
+        inter_node_link=_link(args.inter_node_link, flag("inter_node_link")),
+        world_size=world, collective_timeout_s=args.timeout,
+    )
 
 
 DIFFUSERS_ONLY = ("negative_prompt", "height", "width", "num_frames", "max_sequence_length", "true_cfg_scale",
@@ -351,14 +364,9 @@ def _check_pipeline_args(args: argparse.Namespace, rows: list[Row], config: Para
     index = dp.model_index(args.model)
     class_name = dp.pipeline_class(index)
     options = {name: getattr(args, name) for name in dp.CALL_ARGUMENTS}
-    try:
-        call = dp.call_arguments(class_name, options)
-    except ValueError as error:
-        raise ValueError(name_flags(str(error), flag)) from None
+    call = dp.call_arguments(class_name, options, flag)
     dedicated = {argument: flag(option) for option, names in dp.CALL_ARGUMENTS.items() for argument in names}
     call.update(dp.pipeline_arguments(class_name, args.pipeline_arg, dedicated))
-    if "num_frames" in call and not dp.takes(class_name, "num_frames"):
-        call["video_length"] = call.pop("num_frames")  # Latte's name
     if args.negative_prompt is not None:
         if any(row.negative_prompt is not None for row in rows):
             raise ValueError(f"{flag('negative_prompt')} and negative prompts in {flag('prompts_file')}: give one")
@@ -413,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job, config = check_generate_args(args, flag)
     except ValueError as error:
-        parser.exit(2, f"swiftfusion: error: {name_flags(str(error), flag)}\n")
+        # Under torchrun every rank checks; rank 0 alone says why.
+        parser.exit(2, f"swiftfusion: error: {error}\n" if launched_rank() == 0 else None)
     try:
         if args.nproc is not None and args.nproc > 1:
             launch(run_rank, (job, config), args.nproc)
@@ -426,6 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("swiftfusion: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
+    except LaunchInterrupted as stopped:  # before LaunchError, which it is
+        # A newline first: rank 0's progress bar may have left the line unfinished.
+        print(f"\nswiftfusion: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except LaunchError as error:
         print(f"swiftfusion: error: {error}", file=sys.stderr)
         return 1

@@ -10,7 +10,9 @@ import dataclasses
 import json
 import os
 import re
+import statistics
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +22,11 @@ import torch
 from . import runtime
 from .config import ParallelConfig
 from .images import grid, video_frames, write_json, write_png, write_video
-from .prompts import Call, Image, Row
-from .timing import RunTiming, StepClock, gib, memory_kind, peak_memory_bytes, profiled, spread
+from .prompts import Batch, OutputImage, Row
+from .timing import CallTiming, RunTiming, StepClock, gib, memory_kind, peak_memory_bytes, profiled, spread
 
 # Files an earlier run of ``--output-dir`` wrote (see ``prompts.image_plan`` for the names).
-OUTPUT_NAME = re.compile(r"^\d{3}(-\d{2})?\.(png|gif|mp4|json)$")
+OUTPUT_NAME = re.compile(r"^\d{3,}(-\d{2,})?\.(png|gif|mp4|json)$")
 
 
 @dataclass(frozen=True)
@@ -32,12 +34,12 @@ class GenerateJob:
     model: str
     pipeline_class: str | None  # None: the built-in model
     rows: list[Row]
-    images: list[Image]
-    calls: list[Call]
-    call: dict  # pipeline arguments shared by every call (steps, guidance, images per prompt, ...)
+    images: list[OutputImage]
+    batches: list[Batch]
+    call_arguments: dict  # pipeline arguments of every call (steps, guidance, images per prompt, ...)
     settings: dict  # what the metadata records about the sampling (defaults filled in)
     output: str | None  # one file: the image itself, or a grid of all
-    output_dir: str | None  # one file per image, named by ``Image.name``
+    output_dir: str | None  # one file per image, named by ``OutputImage.name``
     suffix: str  # ".png", ".gif" or ".mp4"
     metadata: bool
     fps: float
@@ -72,7 +74,9 @@ def quiet_other_ranks() -> None:
 
 def run_rank(job: GenerateJob, config: ParallelConfig) -> None:
     """Everything one rank does for ``swiftfusion generate`` (a module-level function: it is
-    started in every spawned rank)."""
+    started in every spawned rank). Rank 0 writes each batch's files as soon as the batch is done
+    (in the last timed iteration), so a long job keeps what it made and holds no more than one
+    batch of outputs in memory (a grid, ``--output``, holds all of them: it needs them)."""
     quiet_other_ranks()
     device = runtime.default_device()
     clock = StepClock(device)
@@ -85,17 +89,19 @@ def run_rank(job: GenerateJob, config: ParallelConfig) -> None:
     load_s = clock.now() - start
     me = runtime.rank()
     for _ in range(job.warmup):
-        _run_calls(pipe, job, clock, transformers, show_progress=False)
+        _run_batches(pipe, job, clock, transformers, show_progress=False)
+    writer = OutputWriter(job, config, load_s) if me == 0 else None
     runs: list[RunTiming] = []
     with profiled(job.profile, me, device):
-        for _ in range(job.iterations):
-            outputs, timing = _run_calls(pipe, job, clock, transformers, show_progress=me == 0 and not runs)
-            runs.append(timing)
+        for iteration in range(job.iterations):
+            last = iteration == job.iterations - 1
+            runs.append(_run_batches(pipe, job, clock, transformers, show_progress=me == 0 and iteration == 0,
+                                     write=writer.write if writer is not None and last else None))
     peaks = _gather_peaks(peak_memory_bytes(device), config)
-    if me != 0:
+    if writer is None:
         return
     report = {**runs[-1].summary(), "load_s": load_s, "peak_memory_bytes": peaks, "memory": memory_kind(device)}
-    _write_outputs(job, config, outputs, report)
+    writer.finish()
     _print_report(job, config, report, runs)
 
 
@@ -122,32 +128,34 @@ def _load(job: GenerateJob, device: torch.device):
     return pipe, [m for m in models if m is not None]
 
 
-def _run_calls(pipe, job: GenerateJob, clock: StepClock, transformers, show_progress: bool):
-    """All of the job's pipeline calls once: the outputs (``[C, H, W]`` images or ``[F, C, H, W]``
-    videos, floats in [0, 1], in the job's image order) and their timing."""
+def _run_batches(pipe, job: GenerateJob, clock: StepClock, transformers, show_progress: bool,
+                 write: Callable[[Batch, list[torch.Tensor], CallTiming], None] | None = None) -> RunTiming:
+    """All of the job's pipeline calls once; ``write`` gets each batch's outputs (``[C, H, W]``
+    images or ``[F, C, H, W]`` videos, floats in [0, 1], in the batch's image order)."""
     timing = RunTiming()
-    outputs: list[torch.Tensor] = []
-    for call in job.calls:
+    for batch in job.batches:
         with clock.call(timing, transformers) as step_end:
             if job.pipeline_class is None:
-                outputs.extend(_digits_call(pipe, job, call, step_end, show_progress))
+                outputs = _digits_call(pipe, job, batch, step_end, show_progress)
             else:
-                outputs.extend(_diffusers_call(pipe, job, call, step_end, show_progress))
-    return outputs, timing
+                outputs = _diffusers_call(pipe, job, batch, step_end, show_progress)
+        if write is not None:
+            write(batch, outputs, timing.calls[-1])
+    return timing
 
 
-def _digits_call(pipe, job: GenerateJob, call: Call, step_end, show_progress: bool) -> list[torch.Tensor]:
-    digits = [int(job.rows[r].prompt) for r in call.rows]
-    result = pipe(digits, seed=[image.seed for image in call.images], show_progress=show_progress,
-                  callback_on_step_end=lambda step: step_end(), **job.call)
+def _digits_call(pipe, job: GenerateJob, batch: Batch, step_end, show_progress: bool) -> list[torch.Tensor]:
+    digits = [int(job.rows[r].prompt) for r in batch.rows]
+    result = pipe(digits, seed=[image.seed for image in batch.images], show_progress=show_progress,
+                  callback_on_step_end=lambda step: step_end(), **job.call_arguments)
     return list(result.images)
 
 
-def _diffusers_call(pipe, job: GenerateJob, call: Call, step_end, show_progress: bool) -> list[torch.Tensor]:
+def _diffusers_call(pipe, job: GenerateJob, batch: Batch, step_end, show_progress: bool) -> list[torch.Tensor]:
     from .pipelines import diffusers_pipelines
 
-    rows = [job.rows[r] for r in call.rows]
-    arguments = dict(job.call)
+    rows = [job.rows[r] for r in batch.rows]
+    arguments = dict(job.call_arguments)
     if rows[0].height is not None:
         arguments.update(height=rows[0].height, width=rows[0].width)
     if rows[0].negative_prompt is not None:
@@ -161,7 +169,7 @@ def _diffusers_call(pipe, job: GenerateJob, call: Call, step_end, show_progress:
     else:  # PixArt's older callback
         arguments.update(callback=lambda *_: step_end(), callback_steps=1)
     pipe.set_progress_bar_config(disable=not show_progress)
-    generators = [torch.Generator().manual_seed(image.seed) for image in call.images]
+    generators = [torch.Generator().manual_seed(image.seed) for image in batch.images]
     result = pipe(prompt=[row.prompt for row in rows], generator=generators, output_type="np", **arguments)
     if diffusers_pipelines.output_kind(job.pipeline_class) == "video":
         return [_channels_first(video) for video in result.frames]  # [F, C, H, W] each
@@ -178,53 +186,73 @@ def layout(config: ParallelConfig) -> dict:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in skip}
 
 
-def _metadata(job: GenerateJob, config: ParallelConfig, image: Image, report: dict) -> dict:
-    from . import __version__
+class OutputWriter:
+    """Rank 0's files: each batch's images (or videos) with their metadata as the batch finishes;
+    a grid (``--output``) and the removal of an earlier run's files at the end."""
 
-    row = job.rows[image.row]
-    entry = {"prompt": row.prompt, "negative_prompt": row.negative_prompt, "seed": image.seed,
-             "row": image.row, "image": image.index, "model": job.model,
-             "pipeline": job.pipeline_class or "swiftfusion DigitsPipeline", **job.settings}
-    if row.height is not None:
-        entry.update(height=row.height, width=row.width)
-    entry = {k: v for k, v in entry.items() if v is not None}
-    timings = {k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()}
-    return {**entry, "layout": layout(config), "world_size": runtime.world_size(), "timings": timings,
-            "swiftfusion": __version__}
+    def __init__(self, job: GenerateJob, config: ParallelConfig, load_s: float) -> None:
+        from . import __version__
 
+        self.job, self.load_s = job, load_s
+        self.run = {"model": job.model, "pipeline": job.pipeline_class or "swiftfusion DigitsPipeline",
+                    **job.settings, "layout": layout(config), "world_size": runtime.world_size(),
+                    "swiftfusion": __version__}
+        self.video = job.suffix != ".png"
+        self.grid: list[tuple[torch.Tensor, dict]] = []  # --output: every output, for one file
+        self.written: set[Path] = set()
+        if job.output_dir is not None:
+            Path(job.output_dir).mkdir(exist_ok=True)
 
-def _write_outputs(job: GenerateJob, config: ParallelConfig, outputs: list[torch.Tensor], report: dict) -> None:
-    entries = [_metadata(job, config, image, report) for image in job.images]
-    video = job.suffix != ".png"
-    if job.output is not None:
-        sidecar = Path(job.output).with_suffix(".json")
-        if video:
-            write_video(video_frames(torch.stack(outputs)), job.output, job.fps)
-        else:
-            write_png(grid(torch.stack(outputs)), job.output, {"swiftfusion": {"images": entries}}
-                      if job.metadata else None)
-        if job.metadata:
-            write_json({"images": entries}, sidecar)
-        print(f"wrote {job.output}" + (f" and {sidecar}" if job.metadata else ""))
-        return
-    folder = Path(job.output_dir)
-    folder.mkdir(exist_ok=True)
-    stale = set(earlier_outputs(folder))  # only when --overwrite was given (checked before the run)
-    for image, output, entry in zip(job.images, outputs, entries, strict=True):
-        path = folder / f"{image.name}{job.suffix}"
-        if video:
-            write_video(video_frames(output[None]), path, job.fps)
-        else:
-            write_png(grid(output[None]), path, {"prompt": entry["prompt"], "swiftfusion": entry}
-                      if job.metadata else None)
-        stale.discard(path)
-        if job.metadata:
-            write_json(entry, path.with_suffix(".json"))
-            stale.discard(path.with_suffix(".json"))
-    for path in stale:  # what an earlier, larger run left
-        path.unlink()
-    kind = "videos" if video else "images"
-    print(f"wrote {len(outputs)} {kind} to {job.output_dir}" + (" (with .json metadata)" if job.metadata else ""))
+    def _metadata(self, image: OutputImage, timing: CallTiming) -> dict:
+        row = self.job.rows[image.row]
+        entry = {"prompt": row.prompt, "negative_prompt": row.negative_prompt, "seed": image.seed,
+                 "row": image.row, "image": image.index, **self.run}
+        if row.height is not None:
+            entry.update(height=row.height, width=row.width)
+        steps = timing.step_s
+        entry["timings"] = {"load_s": round(self.load_s, 4), "batch_encode_s": round(timing.encode_s, 4),
+                            "batch_denoise_s": round(sum(steps), 4), "batch_decode_s": round(timing.decode_s, 4),
+                            "batch_total_s": round(timing.total_s, 4),
+                            "step_median_s": round(statistics.median(steps), 4) if steps else 0.0}
+        return {k: v for k, v in entry.items() if v is not None}
+
+    def write(self, batch: Batch, outputs: list[torch.Tensor], timing: CallTiming) -> None:
+        for image, output in zip(batch.images, outputs, strict=True):
+            entry = self._metadata(image, timing)
+            if self.job.output is not None:
+                self.grid.append((output, entry))
+                continue
+            path = Path(self.job.output_dir) / f"{image.name}{self.job.suffix}"
+            if self.video:
+                write_video(video_frames(output[None]), path, self.job.fps)
+            else:
+                write_png(grid(output[None]), path,
+                          {"prompt": entry["prompt"], "swiftfusion": entry} if self.job.metadata else None)
+            self.written.add(path)
+            if self.job.metadata:
+                write_json(entry, path.with_suffix(".json"))
+                self.written.add(path.with_suffix(".json"))
+
+    def finish(self) -> None:
+        job = self.job
+        if job.output is not None:
+            outputs = torch.stack([output for output, _ in self.grid])
+            entries = {"images": [entry for _, entry in self.grid]}
+            if self.video:
+                write_video(video_frames(outputs), job.output, job.fps)
+            else:
+                write_png(grid(outputs), job.output, {"swiftfusion": entries} if job.metadata else None)
+            sidecar = Path(job.output).with_suffix(".json")
+            if job.metadata:
+                write_json(entries, sidecar)
+            print(f"wrote {job.output}" + (f" and {sidecar}" if job.metadata else ""))
+            return
+        for path in earlier_outputs(job.output_dir):  # what an earlier, larger run left (--overwrite)
+            if path not in self.written:
+                path.unlink()
+        kind = "videos" if self.video else "images"
+        print(f"wrote {len(job.images)} {kind} to {job.output_dir}" + (" (with .json metadata)" if job.metadata
+                                                                        else ""))
 
 
 def _print_report(job: GenerateJob, config: ParallelConfig, report: dict, runs: list[RunTiming]) -> None:

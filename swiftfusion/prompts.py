@@ -8,13 +8,16 @@ from its own generator, so an image depends on its prompt and seed only, never o
 how the batch is split across ranks.
 
 Names (``--output-dir``): with one row, ``000``, ``001``, ... per image; with several rows, the row's
-number (``003``), or row and image (``003-01``) when rows have several images.
+number (``003``), or row and image (``003-01``) when rows have several images; numbers get more
+digits when there are more than 1000 rows or 100 images a row.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +34,9 @@ class Row:
 
 
 @dataclass(frozen=True)
-class Image:
-    """One output: its row, its index inside the row, its seed and its file name (no suffix)."""
+class OutputImage:
+    """One image (or video) of the run: its row, its index inside the row, its seed and its file
+    name (no suffix)."""
 
     row: int
     index: int
@@ -41,28 +45,38 @@ class Image:
 
 
 @dataclass(frozen=True)
-class Call:
-    """One pipeline call: consecutive rows of the same size and kind of negative prompt."""
+class Batch:
+    """The rows of one pipeline call (consecutive rows of one size and kind of negative prompt) and
+    their images, in order."""
 
     rows: list[int]
-    images: list[Image] = field(default_factory=list)
+    images: list[OutputImage] = field(default_factory=list)
 
 
 def read_prompts_file(path: str) -> list[Row]:
     """Rows of a prompts file: plain text (a prompt a line), CSV with a ``prompt`` column, or JSONL
     (an object a line); CSV and JSONL rows may give ``negative_prompt``, ``seed``, and ``size``
-    ("WxH") or ``height`` and ``width``. Raises naming the file, the line and the problem."""
+    ("WxH") or ``height`` and ``width``; other CSV columns are ignored (named on stderr), unknown
+    JSONL keys are an error. Raises naming the file, the line and the problem."""
     where = f"--prompts-file {path!r}"
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # -sig: the byte-order mark spreadsheets write
     except OSError as error:
         raise ValueError(f"{where}: cannot read it ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{where}: not UTF-8 text") from None
     suffix = Path(path).suffix.lower()
     if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may span lines
         if reader.fieldnames is None or "prompt" not in reader.fieldnames:
             raise ValueError(f"{where}: a CSV file needs a header with a 'prompt' column, got {reader.fieldnames}")
-        records = [(reader.line_num, {k: v for k, v in record.items() if v not in (None, "")}) for record in reader]
+        ignored = [name for name in reader.fieldnames if name not in ROW_KEYS]
+        if ignored:
+            print(f"swiftfusion: {where}: ignoring the columns {', '.join(ignored)}", file=sys.stderr)
+        records = []
+        for record in reader:
+            values = {k: v for k, v in record.items() if k in ROW_KEYS and v not in (None, "")}
+            records.append((reader.line_num, values))
     elif suffix in (".jsonl", ".ndjson"):
         records = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -100,6 +114,8 @@ def _row(record: dict, where: str) -> Row:
         if height is not None or width is not None:
             raise ValueError(f"{where}: give 'size' or 'height' and 'width', not both")
         width, height = parse_size(record["size"], f"{where}: 'size'")
+    if (height is None) != (width is None):
+        raise ValueError(f"{where}: give both 'height' and 'width' (or 'size'), not one")
     return Row(prompt.strip(), negative, seed, height, width)
 
 
@@ -123,28 +139,37 @@ def parse_size(text, what: str) -> tuple[int, int]:
     raise ValueError(f"{what} must be WIDTHxHEIGHT (e.g. 1024x768), got {text!r}")
 
 
-def image_plan(rows: list[Row], num_images: int, seed: int) -> list[Image]:
+def image_plan(rows: list[Row], num_images: int, seed: int) -> list[OutputImage]:
     """Every image of the run, in order, with its seed and file name."""
+    def number(n: int, count: int, least: int) -> str:
+        return f"{n:0{max(least, len(str(count - 1)))}d}"
+
     images = []
     for r, row in enumerate(rows):
         for k in range(num_images):
             i = r * num_images + k
-            name = f"{k:03d}" if len(rows) == 1 else f"{r:03d}" if num_images == 1 else f"{r:03d}-{k:02d}"
-            images.append(Image(r, k, (row.seed + k) if row.seed is not None else seed + i, name))
+            if len(rows) == 1:
+                name = number(k, num_images, 3)
+            else:
+                name = number(r, len(rows), 3) + (f"-{number(k, num_images, 2)}" if num_images > 1 else "")
+            images.append(OutputImage(r, k, (row.seed + k) if row.seed is not None else seed + i, name))
     return images
 
 
-def calls(rows: list[Row], images: list[Image], batch_size: int) -> list[Call]:
+def batches(rows: list[Row], images: list[OutputImage], batch_size: int) -> list[Batch]:
     """Rows grouped into pipeline calls of at most ``batch_size`` rows; a call holds consecutive
     rows that share a size and whether they have a negative prompt (one call takes one size, and a
     negative prompt for all its prompts or for none)."""
-    result: list[Call] = []
+    by_row: dict[int, list[OutputImage]] = {}
+    for image in images:
+        by_row.setdefault(image.row, []).append(image)
+    result: list[Batch] = []
     key = None
     for r, row in enumerate(rows):
         row_key = (row.height, row.width, row.negative_prompt is not None)
         if not result or row_key != key or len(result[-1].rows) == batch_size:
-            result.append(Call([]))
+            result.append(Batch([]))
             key = row_key
         result[-1].rows.append(r)
-        result[-1].images.extend(image for image in images if image.row == r)
+        result[-1].images.extend(by_row.get(r, []))
     return result

@@ -1,8 +1,8 @@
 """Where a run's time and memory go: per pipeline call the text encoding, each denoising step and
 the decode; per rank the peak memory; optionally a torch profiler trace.
 
-A call's phases are told apart by three kinds of marks: the call's start, the first transformer
-call (denoising starts), the end of each step (the pipeline's step callback) and the call's end.
+A call's phases are told apart by marks at the call's start, at the first transformer call
+(denoising starts), at the end of each step (the pipeline's step callback) and at the call's end.
 On CUDA each mark synchronizes the device first, so a phase's time is its kernels' time.
 """
 

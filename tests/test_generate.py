@@ -15,7 +15,7 @@ from PIL import Image
 
 from swiftfusion import cli
 from swiftfusion.pipelines import diffusers_pipelines
-from swiftfusion.prompts import Row, calls, image_plan, read_prompts_file
+from swiftfusion.prompts import Row, batches, image_plan, read_prompts_file
 
 
 def _generate(*args, umask=None, check=True, env=None):
@@ -79,7 +79,15 @@ PIPELINE_ERRORS = [
      "--height 40 is not a multiple of 16, which WanPipeline needs for this model (VAE and patch size); nearest: 32 "
      "or 48"),
     ("wan", ["--guidance-scale-2", "3", "--output", "x.gif"],
-     "--guidance-scale-2 is for two-expert (Wan 2.2) pipelines; this WanPipeline has no transformer_2"),
+     "--guidance-scale-2 is for two-expert (Wan 2.2) pipelines; this WanPipeline has no boundary_ratio"),
+    ("wan22", ["--guidance-scale-2", "3", "--guidance-scale", "1", "--output", "x.gif"],
+     "--guidance-scale-2 has no effect unless --guidance-scale > 1 (it is 1.0)"),
+    ("latte", ["--num-frames", "8", "--output", "x.gif"], "--num-frames 8: this LattePipeline's transformer takes 1 or 3 "
+     "frames"),
+    ("flux", ["--guidance-scale", "5"], "--guidance-scale has no effect on this FluxPipeline: its transformer is not "
+     "guidance-distilled (guidance_embeds is false)"),
+    ("flux", ["--prompts-file", "rows.jsonl"], "--output makes one grid of all images, which needs one size; rows of "
+     "--prompts-file set several: use --output-dir"),
     ("wan", ["--fps", "0", "--output", "x.gif"], "--fps must be a positive number, got 0.0"),
     ("flux", ["--fps", "8"], "--fps is for video pipelines; FluxPipeline makes images"),
     ("flux", ["--pipeline-arg", "height=8"], "--pipeline-arg height: use --height"),
@@ -97,10 +105,12 @@ PIPELINE_ERRORS = [
 def test_pipeline_options_are_checked_before_any_work(no_work, capsys, tmp_path, pipeline_folders, name, extra,
                                                       message):
     output = ["--output", str(tmp_path / "x.png")] if "--output" not in extra else []
-    extra = [str(tmp_path / e) if e == "x.gif" else e for e in extra]
-    argv = ["generate", "--model", pipeline_folders[name], "--prompt", "a cat", *output, *extra]
+    (tmp_path / "rows.jsonl").write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "size": "24x16"}\n')
+    extra = [str(tmp_path / e) if e in ("x.gif", "rows.jsonl") else e for e in extra]
+    prompt = [] if "--prompts-file" in extra else ["--prompt", "a cat"]
+    argv = ["generate", "--model", pipeline_folders[name], *prompt, *output, *extra]
     assert _error_of(argv, capsys) == message
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
 
 
 def test_unknown_pipeline_argument_lists_the_settable_ones(no_work, capsys, tmp_path, pipeline_folders):
@@ -151,18 +161,22 @@ def test_every_flag_has_help_and_the_version_prints(capsys):
     from swiftfusion import __version__
 
     assert capsys.readouterr().out.strip() == f"swiftfusion {__version__}"
+    with pytest.raises(SystemExit):  # no abbreviations: --num-i could mean several flags
+        cli.main(["generate", "--prompt", "3", "--output", "x.png", "--num-i", "2"])
+    assert "unrecognized arguments: --num-i 2" in capsys.readouterr().err
 
 
 # --- prompts, seeds and names ---------------------------------------------------------------------
 
 def test_prompts_files_in_three_formats(tmp_path):
     (tmp_path / "p.txt").write_text("a red cat\n\n  the big city  \n")
-    (tmp_path / "p.csv").write_text("prompt,seed,negative_prompt\na red cat,7,\n\"a dog, small\",,blurry\n")
+    (tmp_path / "p.csv").write_text("\ufeffid,prompt,seed,negative_prompt\n1,a red cat,7,\n2,\"a dog, small\non two lines\","
+                                    ",blurry\n", encoding="utf-8")
     (tmp_path / "p.jsonl").write_text('{"prompt": "a cat", "size": "40x24"}\n\n{"prompt": "a dog", "height": 8, '
                                       '"width": 16, "seed": 3}\n')
     assert read_prompts_file(str(tmp_path / "p.txt")) == [Row("a red cat"), Row("the big city")]
     assert read_prompts_file(str(tmp_path / "p.csv")) == [Row("a red cat", seed=7),
-                                                         Row("a dog, small", negative_prompt="blurry")]
+                                                         Row("a dog, small\non two lines", negative_prompt="blurry")]
     assert read_prompts_file(str(tmp_path / "p.jsonl")) == [Row("a cat", height=24, width=40),
                                                            Row("a dog", seed=3, height=8, width=16)]
     bad = {
@@ -174,6 +188,7 @@ def test_prompts_files_in_three_formats(tmp_path):
         "e.jsonl": ('{"prompt": "a", "seed": -2}\n', "line 1: 'seed' must be an integer >= 0, got -2"),
         "f.jsonl": ("[1]\n", "line 1: expected an object like {\"prompt\": ...}"),
         "g.txt": ("\n\n", "no prompts in it"),
+        "h.jsonl": ('{"prompt": "a", "height": 8}\n', "line 1: give both 'height' and 'width' (or 'size'), not one"),
     }
     for name, (text, message) in bad.items():
         (tmp_path / name).write_text(text)
@@ -183,7 +198,7 @@ def test_prompts_files_in_three_formats(tmp_path):
             ": " if not message.startswith("line") else " ") + message
 
 
-def test_seeds_names_and_calls():
+def test_seeds_names_and_batches():
     rows = [Row("a"), Row("b", seed=100), Row("c", height=8, width=8), Row("d", height=8, width=8)]
     images = image_plan(rows, 2, seed=5)
     assert [(i.name, i.seed) for i in images] == [
@@ -191,9 +206,11 @@ def test_seeds_names_and_calls():
         ("003-00", 11), ("003-01", 12)]
     assert [i.name for i in image_plan([Row("a")], 3, 0)] == ["000", "001", "002"]
     assert [i.name for i in image_plan(rows[:2], 1, 0)] == ["000", "001"]
-    assert [c.rows for c in calls(rows, images, batch_size=2)] == [[0, 1], [2, 3]]
-    assert [c.rows for c in calls(rows, images, batch_size=1)] == [[0], [1], [2], [3]]
-    assert [image.seed for image in calls(rows, images, 3)[1].images] == [9, 10, 11, 12]
+    assert [i.name for i in image_plan([Row("a")] * 1001, 1, 0)][-2:] == ["0999", "1000"]
+    assert [i.name for i in image_plan(rows[:2], 100, 0)][-1] == "001-99"
+    assert [c.rows for c in batches(rows, images, batch_size=2)] == [[0, 1], [2, 3]]
+    assert [c.rows for c in batches(rows, images, batch_size=1)] == [[0], [1], [2], [3]]
+    assert [image.seed for image in batches(rows, images, 3)[1].images] == [9, 10, 11, 12]
 
 
 # --- real runs --------------------------------------------------------------------------------------
@@ -220,7 +237,8 @@ def test_prompts_file_data_parallel_equals_one_process_with_metadata(pipeline_fo
         meta = json.loads((tmp_path / "dp" / f"{name}.json").read_text())
         assert (meta["prompt"], meta["seed"], meta["steps"], meta["guidance_scale"]) == (words[i], 40 + i, 2, 7.0)
         assert meta["layout"]["data_degree"] == 2 and meta["world_size"] == 2
-        assert set(meta["timings"]) >= {"load_s", "encode_s", "denoise_s", "decode_s", "total_s", "peak_memory_bytes"}
+        assert set(meta["timings"]) == {"load_s", "batch_encode_s", "batch_denoise_s", "batch_decode_s",
+                                        "batch_total_s", "step_median_s"}
         assert json.loads(Image.open(parallel).text["swiftfusion"]) == meta
         assert Image.open(parallel).text["prompt"] == words[i]
         assert stat.S_IMODE(parallel.stat().st_mode) == 0o640  # 0666 under the umask 027
@@ -306,3 +324,41 @@ def test_single_image_has_no_border_and_benchmark_and_profile(tmp_path):
         assert any(n.startswith("gloo:all_to_all") or n.startswith("c10d::alltoall") for n in names), names
         assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names or "aten::bmm" in names \
             or any("attention" in n for n in names)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("signum,code,line", [(2, 130, "swiftfusion: interrupted"),
+                                              (15, 143, "swiftfusion: terminated")])
+def test_interrupted_generate_stops_cleanly(tmp_path, signum, code, line):
+    """Ctrl-C (SIGINT to the whole process group) or SIGTERM to the command while its ranks denoise:
+    one line, the shell's exit code, no traceback, nothing written, no scratch folder left."""
+    import signal
+
+    (tmp_path / "tmp").mkdir()
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "swiftfusion", "generate", "--prompt", "3", "--steps", "100000", "--output",
+             str(tmp_path / "x.png"), "--nproc", "2", "--ulysses-degree", "2"],
+            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+            env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    try:
+        deadline = time.monotonic() + 90
+        while "denoising:" not in log.read_text():  # rank 0's progress bar: the ranks are in the loop
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        if signum == signal.SIGINT:
+            os.killpg(process.pid, signum)  # as a terminal does: to the command and every rank
+        else:
+            process.send_signal(signum)  # as a supervisor does: to the command only
+        assert process.wait(timeout=20) == code
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    text = log.read_text()
+    assert text.endswith(f"\n{line}\n"), text
+    assert "Traceback" not in text and "leaked semaphore" not in text, text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stderr.txt", "tmp"]
+    assert list((tmp_path / "tmp").glob("swiftfusion-*")) == []  # the launcher's scratch folder

@@ -49,13 +49,15 @@ class PipelineInfo:
       pipelines raise on other sizes, some round them down with a warning (a silently smaller
       image); both are rejected up front.
     - ``frame_factor(vae)``: video pipelines compress time by this factor and take
-      ``num_frames = factor * k + 1`` (others are rounded silently).
+      ``num_frames = factor * k + 1`` (others are rounded silently); ``frame_counts(transformer)``:
+      the only frame counts a transformer with fixed temporal embeddings takes (Latte).
     - ``guidance``: the argument that turns classifier-free guidance on. ``"guidance_scale"``: on
       when it is > 1. ``"true_cfg_scale"``: on when it is > 1 *and* a negative prompt is given
       (Flux's ``guidance_scale`` is a distilled embedding, not a second branch).
     - ``binning_sample_sizes``: PixArt's resolution binning works only for these transformer
-      sample sizes; ``binning_shapes``: HunyuanDiT's binning maps other sizes to one of these and
-      returns an image of that other size.
+      sample sizes (it then takes any size: it generates at the nearest bin and resizes back);
+      ``binning_shapes``: HunyuanDiT's binning maps other sizes to one of these and returns an
+      image of that other size.
     """
 
     transformer: str
@@ -63,6 +65,7 @@ class PipelineInfo:
     size_multiple: Callable[[Config, Config], int]
     guidance: str = "guidance_scale"
     frame_factor: Callable[[Config], int] | None = None
+    frame_counts: Callable[[Config], tuple[int, ...]] | None = None
     binning_sample_sizes: tuple[int, ...] | None = None
     binning_shapes: Callable[[], list[tuple[int, int]]] | None = None
     fps: int = 8  # the model family's usual frame rate, for video files
@@ -91,16 +94,17 @@ PIPELINES = {
                                       lambda v, t: 2 ** len(v["temperal_downsample"]) * 2, guidance="true_cfg_scale"),
     "CogVideoXPipeline": PipelineInfo("CogVideoXTransformer3DModel", "video",
                                       lambda v, t: math.lcm(8, _vae_factor(v) * _patch(t)),
-                                      frame_factor=lambda v: v["temporal_compression_ratio"], fps=8),
+                                      frame_factor=lambda v: int(v.get("temporal_compression_ratio", 4)), fps=8),
     "LattePipeline": PipelineInfo("LatteTransformer3DModel", "video",
-                                  lambda v, t: math.lcm(8, _vae_factor(v) * _patch(t)), fps=8),
+                                  lambda v, t: math.lcm(8, _vae_factor(v) * _patch(t)),
+                                  frame_counts=lambda t: (1, t.get("video_length", 16)), fps=8),
     "WanPipeline": PipelineInfo("WanTransformer3DModel", "video",
-                                lambda v, t: math.lcm(16, v["scale_factor_spatial"] * _patch(t)),
-                                frame_factor=lambda v: v["scale_factor_temporal"], fps=16),
+                                lambda v, t: math.lcm(16, v.get("scale_factor_spatial", 8) * _patch(t)),
+                                frame_factor=lambda v: v.get("scale_factor_temporal", 4), fps=16),
     "HunyuanVideoPipeline": PipelineInfo("HunyuanVideoTransformer3DModel", "video",
-                                         lambda v, t: math.lcm(16, v["spatial_compression_ratio"] * _patch(t)),
+                                         lambda v, t: math.lcm(16, v.get("spatial_compression_ratio", 8) * _patch(t)),
                                          guidance="true_cfg_scale",
-                                         frame_factor=lambda v: v["temporal_compression_ratio"], fps=15),
+                                         frame_factor=lambda v: v.get("temporal_compression_ratio", 4), fps=15),
 }
 HUB_ID = re.compile(r"^[\w-][\w.-]*/[\w.-]+$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -114,9 +118,9 @@ def supported_pipelines() -> list[str]:
 def _looks_like_path(model: str) -> bool:
     """A name a user means as a folder: ``./x``, ``/x``, ``~/x``, ``x/y/z``, or ``x/y`` where ``x`` is
     a local folder. Such a name is never looked up on the hub."""
-    if model.startswith((".", "/", "~")) or model.endswith("/") or model.count("/") != 1:
+    if model.startswith((".", "/", "~")) or model.endswith("/") or model.count("/") > 1:
         return True
-    return os.path.isdir(model.split("/", 1)[0])
+    return "/" in model and os.path.isdir(model.split("/", 1)[0])
 
 
 def _hub_reachable_error() -> str | None:
@@ -158,7 +162,9 @@ def _hub_config(model: str, subfolder: str | None = None) -> Config:
         pass
     if constants.HF_HUB_OFFLINE:
         raise ValueError(f"--model {model!r} is not a local folder and not in the hub cache (HF_HUB_OFFLINE is set)")
-    why = _hub_reachable_error()
+    # Behind a proxy a direct connection proves nothing: the hub client's own requests decide.
+    proxied = any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    why = None if proxied else _hub_reachable_error()
     if why is not None:
         raise ValueError(f"--model {model!r} is not a local folder, and the hub ({constants.ENDPOINT}) cannot be "
                          f"reached: {why}. Give the path of a pipeline folder, or download the model first")
@@ -169,8 +175,8 @@ def _hub_config(model: str, subfolder: str | None = None) -> Config:
 
 
 def _component_config(model: str, component: str) -> Config:
-    if os.path.isdir(model):
-        path = os.path.join(model, component, "config.json")
+    if os.path.isdir(os.path.expanduser(model)):
+        path = os.path.join(os.path.expanduser(model), component, "config.json")
         if not os.path.isfile(path):
             raise ValueError(f"--model {model!r} has no {component}/config.json")
         with open(path) as f:
@@ -181,8 +187,8 @@ def _component_config(model: str, component: str) -> Config:
 def model_index(model: str) -> Config:
     """``model_index.json`` of a local pipeline folder or a hub id; raises with a message naming
     ``--model`` when it is neither."""
-    if os.path.isdir(model):
-        index = os.path.join(model, "model_index.json")
+    if os.path.isdir(os.path.expanduser(model)):
+        index = os.path.join(os.path.expanduser(model), "model_index.json")
         if not os.path.isfile(index):
             raise ValueError(f"--model {model!r} is a folder without model_index.json (not a diffusers pipeline)")
         with open(index) as f:
@@ -210,7 +216,7 @@ def output_kind(class_name: str) -> str:
 def load(model: str, dtype: str, trust_remote_code: bool = False):
     from diffusers import DiffusionPipeline
 
-    return DiffusionPipeline.from_pretrained(model, dtype=DTYPES[dtype], use_safetensors=True,
+    return DiffusionPipeline.from_pretrained(os.path.expanduser(model), dtype=DTYPES[dtype], use_safetensors=True,
                                              trust_remote_code=trust_remote_code)
 
 
@@ -242,9 +248,9 @@ def _signature(class_name: str) -> inspect.Signature:
     return inspect.signature(pipeline.__call__)
 
 
-def call_arguments(class_name: str, options: dict) -> dict:
+def call_arguments(class_name: str, options: dict, flag: Callable[[str], str]) -> dict:
     """Command-line ``options`` (unset ones are None) as keyword arguments of the pipeline's
-    ``__call__``; raises naming an option the pipeline does not take."""
+    ``__call__``; raises naming an option the pipeline does not take (``flag(option)``: as typed)."""
     accepted = _signature(class_name).parameters
     arguments = {}
     for option, value in options.items():
@@ -252,7 +258,7 @@ def call_arguments(class_name: str, options: dict) -> dict:
             continue
         names = [name for name in CALL_ARGUMENTS[option] if name in accepted]
         if not names:
-            raise ValueError(f"--{option.replace('_', '-')} is not an option of {class_name}")
+            raise ValueError(f"{flag(option)} is not an option of {class_name}")
         arguments[names[0]] = value
     return arguments
 
@@ -371,9 +377,10 @@ def check_run(model: str, class_name: str, index: Config, call: dict, run: RunSh
     vae, transformer = _component_config(model, "vae"), _component_config(model, "transformer")
     multiple = info.size_multiple(vae, transformer)
     binning = call.get("use_resolution_binning", default_of(class_name, "use_resolution_binning"))
+    any_size = binning and info.binning_sample_sizes is not None  # PixArt bins, then resizes back
     for height, width in run.sizes:
         for name, value in (("height", height), ("width", width)):
-            if value is not None and value % multiple:
+            if value is not None and value % multiple and not any_size:
                 lower, upper = value // multiple * multiple, (value // multiple + 1) * multiple
                 near = f"{lower} or {upper}" if lower else str(upper)
                 raise ValueError(f"{flag(name)} {value} is not a multiple of {multiple}, which {class_name} needs "
@@ -392,16 +399,20 @@ def check_run(model: str, class_name: str, index: Config, call: dict, run: RunSh
             f"{class_name}'s resolution binning (on by default) needs a transformer sample_size of "
             f"{', '.join(map(str, info.binning_sample_sizes))}; this model's is {transformer['sample_size']}: pass "
             "--pipeline-arg use_resolution_binning=false")
+    counts = info.frame_counts(transformer) if info.frame_counts is not None else None
+    if counts is not None and run.num_frames is not None and run.num_frames not in counts:
+        raise ValueError(f"{flag('num_frames')} {run.num_frames}: this {class_name}'s transformer takes "
+                         f"{' or '.join(map(str, counts))} frames")
     if info.frame_factor is not None and run.num_frames is not None and (run.num_frames - 1) % info.frame_factor(vae):
         factor = info.frame_factor(vae)
         lower = (run.num_frames - 1) // factor * factor + 1
         raise ValueError(f"{flag('num_frames')} {run.num_frames}: {class_name} takes {factor} × k + 1 frames for this "
                          f"VAE; nearest: {lower} or {lower + factor}")
-    _check_guidance(class_name, info, index, call, run, flag)
+    _check_guidance(class_name, info, index, transformer, call, run, flag)
 
 
-def _check_guidance(class_name: str, info: PipelineInfo, index: Config, call: dict, run: RunShape,
-                    flag: Callable[[str], str]) -> None:
+def _check_guidance(class_name: str, info: PipelineInfo, index: Config, transformer: Config, call: dict,
+                    run: RunShape, flag: Callable[[str], str]) -> None:
     scale = call.get(info.guidance, default_of(class_name, info.guidance))
     if info.guidance == "true_cfg_scale":
         active = scale is not None and scale > 1 and run.negative_prompt
@@ -418,6 +429,16 @@ def _check_guidance(class_name: str, info: PipelineInfo, index: Config, call: di
     if run.cfg_degree == 2 and not active:
         raise ValueError(f"{flag('cfg_degree')} 2 runs the two guidance branches on two ranks, but {class_name} runs "
                          f"one branch here: classifier-free guidance needs {needs}")
-    if "guidance_scale_2" in call and not (index.get("transformer_2") or [None])[0]:
-        raise ValueError(f"{flag('guidance_scale_2')} is for two-expert (Wan 2.2) pipelines; this {class_name} has "
-                         "no transformer_2")
+    if "guidance_scale_2" in call:
+        if index.get("boundary_ratio") is None:
+            raise ValueError(f"{flag('guidance_scale_2')} is for two-expert (Wan 2.2) pipelines; this {class_name} "
+                             "has no boundary_ratio")
+        if not active:
+            raise ValueError(f"{flag('guidance_scale_2')} has no effect unless {needs}")
+    # Flux and QwenImage take guidance_scale as an embedding, only where the model has one.
+    if info.guidance == "true_cfg_scale" and "guidance_embeds" in transformer:
+        if "guidance_scale" in call and not transformer["guidance_embeds"]:
+            raise ValueError(f"{flag('guidance_scale')} has no effect on this {class_name}: its transformer is not "
+                             "guidance-distilled (guidance_embeds is false)")
+        if class_name == "QwenImagePipeline" and transformer["guidance_embeds"] and "guidance_scale" not in call:
+            raise ValueError(f"this guidance-distilled {class_name} needs {flag('guidance_scale')}")

@@ -358,6 +358,7 @@ def _check_pipeline_args(args: argparse.Namespace, rows: list[Row], config: Para
     """Checks a diffusers pipeline run; returns its class, call arguments, settings and suffixes."""
     from .images import video_encoder_available
     from .pipelines import diffusers_pipelines as dp
+    from .pipelines.pipeline_args import pipeline_arguments
 
     if args.dtype is not None and args.dtype not in dp.DTYPES:
         raise ValueError(f"{flag('dtype')} must be one of {', '.join(dp.DTYPES)}, got {args.dtype!r}")
@@ -366,7 +367,7 @@ def _check_pipeline_args(args: argparse.Namespace, rows: list[Row], config: Para
     options = {name: getattr(args, name) for name in dp.CALL_ARGUMENTS}
     call = dp.call_arguments(class_name, options, flag)
     dedicated = {argument: flag(option) for option, names in dp.CALL_ARGUMENTS.items() for argument in names}
-    call.update(dp.pipeline_arguments(class_name, args.pipeline_arg, dedicated))
+    call.update(pipeline_arguments(class_name, args.pipeline_arg, dedicated))
     if args.negative_prompt is not None:
         if any(row.negative_prompt is not None for row in rows):
             raise ValueError(f"{flag('negative_prompt')} and negative prompts in {flag('prompts_file')}: give one")

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .mesh import Group, split_by_node
+from .runtime import default_device
 from .topology import LINK_CLASSES
 
 DEFAULT_TIMEOUT_S = 300.0
@@ -286,10 +287,7 @@ def all_gather_object(obj: object, group: Group | None = None) -> list:
     timeout, like every transfer here. Every member must call it."""
     if (group.size if group is not None else dist.get_world_size() if dist.is_initialized() else 1) == 1:
         return [obj]
-    pg = None if group is None else group.process_group
-    # NCCL moves only CUDA tensors; gloo only needs host memory.
-    nccl = dist.get_backend(pg) == "nccl"
-    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    device = default_device()  # the backend was chosen for it (NCCL moves only CUDA tensors)
     payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(device)
     sizes = [int(n) for n in _gather_parts(torch.tensor([payload.numel()], device=device), group)]
     padded = torch.zeros(max(sizes), dtype=torch.uint8, device=device)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from swiftfusion import cli
 from swiftfusion.pipelines import diffusers_pipelines
+from swiftfusion.pipelines.pipeline_args import pipeline_arguments
 from swiftfusion.prompts import Row, batches, image_plan, read_prompts_file
 
 
@@ -82,8 +83,8 @@ PIPELINE_ERRORS = [
      "--guidance-scale-2 is for two-expert (Wan 2.2) pipelines; this WanPipeline has no boundary_ratio"),
     ("wan22", ["--guidance-scale-2", "3", "--guidance-scale", "1", "--output", "x.gif"],
      "--guidance-scale-2 has no effect unless --guidance-scale > 1 (it is 1.0)"),
-    ("latte", ["--num-frames", "8", "--output", "x.gif"], "--num-frames 8: this LattePipeline's transformer takes 1 or 3 "
-     "frames"),
+    ("latte", ["--num-frames", "8", "--output", "x.gif"],
+     "--num-frames 8: this LattePipeline's transformer takes 1 or 3 frames"),
     ("flux", ["--guidance-scale", "5"], "--guidance-scale has no effect on this FluxPipeline: its transformer is not "
      "guidance-distilled (guidance_embeds is false)"),
     ("flux", ["--prompts-file", "rows.jsonl"], "--output makes one grid of all images, which needs one size; rows of "
@@ -121,13 +122,13 @@ def test_unknown_pipeline_argument_lists_the_settable_ones(no_work, capsys, tmp_
 
 
 def test_pipeline_arguments_are_typed_by_the_signature():
-    typed = diffusers_pipelines.pipeline_arguments(
+    typed = pipeline_arguments(
         "FluxPipeline", ["sigmas=[1.0, 0.5]", "joint_attention_kwargs={\"scale\": 0.5}", "prompt_2=a big cat"], {})
     assert typed == {"sigmas": [1.0, 0.5], "joint_attention_kwargs": {"scale": 0.5}, "prompt_2": "a big cat"}
-    pixart = diffusers_pipelines.pipeline_arguments(
+    pixart = pipeline_arguments(
         "PixArtSigmaPipeline", ["use_resolution_binning=false", "eta=0.5", "clean_caption=yes"], {})
     assert pixart == {"use_resolution_binning": False, "eta": 0.5, "clean_caption": True}
-    assert diffusers_pipelines.pipeline_arguments("FluxPipeline", ["sigmas=none"], {}) == {"sigmas": None}
+    assert pipeline_arguments("FluxPipeline", ["sigmas=none"], {}) == {"sigmas": None}
 
 
 def test_missing_folders_and_unreachable_hub_fail_fast(no_work, capsys, tmp_path, monkeypatch):
@@ -170,8 +171,8 @@ def test_every_flag_has_help_and_the_version_prints(capsys):
 
 def test_prompts_files_in_three_formats(tmp_path):
     (tmp_path / "p.txt").write_text("a red cat\n\n  the big city  \n")
-    (tmp_path / "p.csv").write_text("\ufeffid,prompt,seed,negative_prompt\n1,a red cat,7,\n2,\"a dog, small\non two lines\","
-                                    ",blurry\n", encoding="utf-8")
+    (tmp_path / "p.csv").write_text("\ufeffid,prompt,seed,negative_prompt\n1,a red cat,7,\n"
+                                    "2,\"a dog, small\non two lines\",,blurry\n", encoding="utf-8")
     (tmp_path / "p.jsonl").write_text('{"prompt": "a cat", "size": "40x24"}\n\n{"prompt": "a dog", "height": 8, '
                                       '"width": 16, "seed": 3}\n')
     assert read_prompts_file(str(tmp_path / "p.txt")) == [Row("a red cat"), Row("the big city")]
@@ -247,6 +248,7 @@ def test_prompts_file_data_parallel_equals_one_process_with_metadata(pipeline_fo
     assert run.stderr.count("Loading pipeline components...:   0%") == 1, run.stderr
     assert run.stderr.count("  0%|          | 0/2 [") == 5, run.stderr
     assert run.stderr.count("`CLIPImageProcessor` requires torchvision") <= 1, run.stderr
+    assert "deprecated" not in run.stderr  # diffusers' torch_dtype deprecation: we pass dtype
     assert run.stdout.count("time: load") == 1 and "peak memory per rank (resident set): rank 0 " in run.stdout
 
 
@@ -278,6 +280,21 @@ def test_rgb_output_dir_negative_prompts_and_overwrite(pipeline_folders, tmp_pat
     _generate(*common[:2], "--prompt", "a cat", "--steps", "1", "--height", "20", "--width", "20", "--output-dir",
               str(tmp_path / "cfg"), "--overwrite", "--no-metadata")
     assert sorted(p.name for p in (tmp_path / "cfg").iterdir()) == ["000.png"]
+
+
+@pytest.mark.timeout(600)
+def test_pixart_ring_equals_one_process_with_its_older_step_callback(pipeline_folders, tmp_path):
+    """PixArt reports steps through its older ``callback``; one image is written as itself."""
+    common = ["--model", pipeline_folders["pixart"], "--prompt", "a red cat", "--steps", "2", "--height", "40",
+              "--width", "40", "--max-sequence-length", "7", "--pipeline-arg", "use_resolution_binning=false",
+              "--pipeline-arg", "clean_caption=false"]
+    run = _generate(*common, "--output", str(tmp_path / "ring.png"), "--nproc", "2", "--ring-degree", "2")
+    _generate(*common, "--output", str(tmp_path / "one.png"))
+    a, b = _pixels(tmp_path / "ring.png"), _pixels(tmp_path / "one.png")
+    assert a.shape == b.shape == (40, 40, 3) and np.abs(a - b).max() <= 1
+    assert "(2 steps, median" in run.stdout
+    meta = json.loads((tmp_path / "ring.json").read_text())["images"][0]
+    assert (meta["use_resolution_binning"], meta["clean_caption"], meta["layout"]["ring_degree"]) == (False, False, 2)
 
 
 @pytest.mark.timeout(600)

@@ -14,19 +14,14 @@ import inspect
 import json
 import math
 import os
-import re
-import socket
-import threading
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import torch
 
 from ..models import BUILTIN_MODELS
 from ..models.plan import PLANS
+from .hub import HUB_ID, hub_config, looks_like_path
 
 Config = dict  # a component's config.json
 
@@ -106,72 +101,11 @@ PIPELINES = {
                                          guidance="true_cfg_scale",
                                          frame_factor=lambda v: v.get("temporal_compression_ratio", 4), fps=15),
 }
-HUB_ID = re.compile(r"^[\w-][\w.-]*/[\w.-]+$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-HUB_PROBE_TIMEOUT_S = 5.0
 
 
 def supported_pipelines() -> list[str]:
     return sorted(name for name, info in PIPELINES.items() if info.transformer in PLANS)
-
-
-def _looks_like_path(model: str) -> bool:
-    """A name a user means as a folder: ``./x``, ``/x``, ``~/x``, ``x/y/z``, or ``x/y`` where ``x`` is
-    a local folder. Such a name is never looked up on the hub."""
-    if model.startswith((".", "/", "~")) or model.endswith("/") or model.count("/") > 1:
-        return True
-    return "/" in model and os.path.isdir(model.split("/", 1)[0])
-
-
-def _hub_reachable_error() -> str | None:
-    """Why the hub cannot be reached (None when it can): a TCP connection to its host, given a
-    few seconds, instead of the hub client's retries that take half a minute offline."""
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    outcome: list[str | None] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((url.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-            outcome.append(None)
-        except OSError as error:
-            outcome.append(error.strerror or str(error))
-
-    thread = threading.Thread(target=probe, daemon=True)  # name resolution itself has no timeout
-    thread.start()
-    thread.join(HUB_PROBE_TIMEOUT_S)
-    return outcome[0] if outcome else f"no answer in {HUB_PROBE_TIMEOUT_S:.0f} s"
-
-
-def _hub_config(model: str, subfolder: str | None = None) -> Config:
-    """``model_index.json`` (or a component's ``config.json``) of a hub id: from the local cache
-    when it is there, else downloaded after a quick check that the hub answers."""
-    from huggingface_hub import constants, hf_hub_download
-
-    name = "config.json" if subfolder else "model_index.json"
-
-    def load(**kwargs) -> Config:
-        with open(hf_hub_download(model, name, subfolder=subfolder, **kwargs)) as f:
-            return json.load(f)
-
-    try:
-        return load(local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached: ask the hub below
-        pass
-    if constants.HF_HUB_OFFLINE:
-        raise ValueError(f"--model {model!r} is not a local folder and not in the hub cache (HF_HUB_OFFLINE is set)")
-    # Behind a proxy a direct connection proves nothing: the hub client's own requests decide.
-    proxied = any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
-    why = None if proxied else _hub_reachable_error()
-    if why is not None:
-        raise ValueError(f"--model {model!r} is not a local folder, and the hub ({constants.ENDPOINT}) cannot be "
-                         f"reached: {why}. Give the path of a pipeline folder, or download the model first")
-    try:
-        return load()
-    except Exception as error:  # noqa: BLE001 - any failure to find it means the same to the user
-        raise ValueError(f"--model {model!r}: the hub has no {name} for it ({type(error).__name__})") from None
 
 
 def _component_config(model: str, component: str) -> Config:
@@ -181,7 +115,7 @@ def _component_config(model: str, component: str) -> Config:
             raise ValueError(f"--model {model!r} has no {component}/config.json")
         with open(path) as f:
             return json.load(f)
-    return _hub_config(model, component)
+    return hub_config(model, component)
 
 
 def model_index(model: str) -> Config:
@@ -193,12 +127,12 @@ def model_index(model: str) -> Config:
             raise ValueError(f"--model {model!r} is a folder without model_index.json (not a diffusers pipeline)")
         with open(index) as f:
             return json.load(f)
-    if _looks_like_path(model):
+    if looks_like_path(model):
         raise ValueError(f"--model {model!r}: no such folder")
     if not HUB_ID.match(model):
         raise ValueError(f"--model {model!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}), a pipeline "
                          "folder, or a hub id (organisation/name)")
-    return _hub_config(model)
+    return hub_config(model)
 
 
 def pipeline_class(index: Config) -> str:
@@ -233,7 +167,7 @@ OWN_ARGUMENTS = ("prompt", "generator", "output_type", "return_dict", "callback_
                  "callback_steps", "callback_on_step_end_tensor_inputs")
 
 
-def _signature(class_name: str) -> inspect.Signature:
+def call_signature(class_name: str) -> inspect.Signature:
     import diffusers
     from transformers.utils import logging
 
@@ -251,7 +185,7 @@ def _signature(class_name: str) -> inspect.Signature:
 def call_arguments(class_name: str, options: dict, flag: Callable[[str], str]) -> dict:
     """Command-line ``options`` (unset ones are None) as keyword arguments of the pipeline's
     ``__call__``; raises naming an option the pipeline does not take (``flag(option)``: as typed)."""
-    accepted = _signature(class_name).parameters
+    accepted = call_signature(class_name).parameters
     arguments = {}
     for option, value in options.items():
         if value is None:
@@ -265,98 +199,12 @@ def call_arguments(class_name: str, options: dict, flag: Callable[[str], str]) -
 
 def default_of(class_name: str, argument: str):
     """The default of one of the pipeline's call arguments (None where it has none)."""
-    parameter = _signature(class_name).parameters.get(argument)
+    parameter = call_signature(class_name).parameters.get(argument)
     return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
 def takes(class_name: str, argument: str) -> bool:
-    return argument in _signature(class_name).parameters
-
-
-# --pipeline-arg KEY=VALUE, typed by the pipeline's signature.
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-
-
-def _annotation_kinds(annotation, default) -> list[type]:
-    if annotation is inspect.Parameter.empty or isinstance(annotation, str):
-        return [type(default)] if default is not None else [str]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return [kind for member in typing.get_args(annotation) for kind in _annotation_kinds(member, None)]
-    return [typing.get_origin(annotation) or annotation]
-
-
-def _kinds(parameter: inspect.Parameter) -> list[type]:
-    default = None if parameter.default is inspect.Parameter.empty else parameter.default
-    return _annotation_kinds(parameter.annotation, default)
-
-
-def _settable(parameter: inspect.Parameter) -> bool:
-    """Whether a value of the parameter's type can be written on a command line."""
-    return bool(set(_kinds(parameter)) & {bool, int, float, str, dict, list})
-
-
-KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a JSON object",
-              list: "a JSON list", type(None): "none"}
-
-
-def _kinds_text(kinds: list[type]) -> str:
-    return " or ".join(KIND_NAMES.get(kind, getattr(kind, "__name__", str(kind))) for kind in kinds)
-
-
-def _convert(text: str, kinds: list[type]):
-    if type(None) in kinds and text.lower() == "none":
-        return None
-    for kind in (bool, int, float, dict, list, str):  # the strictest reading first
-        if kind not in kinds:
-            continue
-        if kind is bool and text.lower() in _TRUE + _FALSE:
-            return text.lower() in _TRUE
-        if kind in (int, float):
-            try:
-                return kind(text)
-            except ValueError:
-                continue
-        if kind in (dict, list):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, kind):
-                return value
-        if kind is str:
-            return text
-    raise ValueError(f"expects {_kinds_text(kinds)}, got {text!r}")
-
-
-def pipeline_arguments(class_name: str, items: list[str], dedicated: dict[str, str]) -> dict:
-    """``--pipeline-arg KEY=VALUE`` items as typed keyword arguments of the pipeline's ``__call__``.
-    ``dedicated``: pipeline argument -> the CLI flag that sets it (those keys are refused)."""
-    parameters = _signature(class_name).parameters
-    result = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"--pipeline-arg takes KEY=VALUE, got {item!r}")
-        if key in dedicated:
-            raise ValueError(f"--pipeline-arg {key}: use {dedicated[key]}")
-        if key in OWN_ARGUMENTS:
-            raise ValueError(f"--pipeline-arg {key}: set by swiftfusion for every call, not settable")
-        if key not in parameters or key == "self" or parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
-            settable = sorted(k for k, p in parameters.items() if k not in (*OWN_ARGUMENTS, *dedicated)
-                              and p.kind is p.POSITIONAL_OR_KEYWORD and k != "self" and _settable(p))
-            raise ValueError(f"--pipeline-arg {key}: {class_name} takes no argument {key!r}; it takes "
-                             f"{', '.join(settable)}")
-        parameter = parameters[key]
-        if not _settable(parameter):
-            raise ValueError(f"--pipeline-arg {key}: a {_kinds_text(_kinds(parameter))} cannot be given on the command "
-                             "line")
-        kinds = _kinds(parameter)
-        try:
-            result[key] = _convert(text.strip(), kinds)
-        except ValueError as error:
-            raise ValueError(f"--pipeline-arg {key} {error}") from None
-    return result
+    return argument in call_signature(class_name).parameters
 
 
 @dataclass(frozen=True)

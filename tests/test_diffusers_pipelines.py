@@ -53,9 +53,82 @@ def test_pipeline_matches_diffusers(worlds, pipeline_folders, name, layout):
         assert latent_err <= 1e-4 and pixel_err <= 1 / 255, (latent_err, pixel_err)
         if options.get("cfg_degree") == 2 and name in CFG_BY_CALLS_FAMILIES:
             # One call per branch, two runs of two steps: the first guided step learns the
-            # unconditional inputs, every later step (the second run's too) runs its two branches
-            # on the two CFG ranks at once.
+            # unconditional inputs, every later step (the second run's too: same shapes, same
+            # negative prompt) runs its two branches on the two CFG ranks at once.
             assert paired == 3, paired
+
+
+# One pipeline called again and again in one process: batch sizes, sizes and negative prompts change
+# from call to call; the fourth call differs from the third only in its negative prompt, the fifth
+# from the fourth in running without guidance.
+CALL_SEQUENCES = {
+    "flux": [
+        dict(prompt=PROMPTS, negative_prompt=["a small dog", "a green cat"], height=20, width=20),
+        dict(prompt=["a blue tree"], negative_prompt="a big city", height=24, width=16),
+        dict(prompt=["a cat", "a red dog", "the city"], negative_prompt=["a tree", "a photo", "a sunset"], height=16,
+             width=24),
+        dict(prompt=["a cat", "a red dog", "the city"], negative_prompt=["a dog", "the blue sky", "a cat"], height=16,
+             width=24),
+        dict(prompt=["a cat", "a red dog", "the city"], negative_prompt=None, height=16, width=24),  # no true CFG
+    ],
+    "wan": [
+        dict(prompt=PROMPTS, negative_prompt=["a small dog", "a green cat"], height=48, width=48),
+        dict(prompt=["a blue tree"], negative_prompt="a big city", height=32, width=48),
+        dict(prompt=["a cat", "a red dog", "the city"], negative_prompt=["a tree", "a photo", "a sunset"], height=48,
+             width=32),
+        dict(prompt=["a cat", "a red dog", "the city"], negative_prompt=["a dog", "the blue sky", "a cat"], height=48,
+             width=32),
+        dict(prompt=["a cat", "a red dog", "the city"], height=48, width=32, guidance_scale=1.0),  # no CFG
+    ],
+}
+
+
+def call_sequence(name, folder, options=None):
+    """Runs ``CALL_SEQUENCES[name]`` on one pipeline (parallelized with ``options`` unless None), each
+    call twice: latents, then decoded. Per run: its output and, when CFG calls are paired, the
+    (paired, missed) steps it added."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(folder, use_safetensors=True)
+    pipe.set_progress_bar_config(disable=True)
+    if options is not None:
+        parallelize(pipe, ParallelConfig(collective_timeout_s=60, **options))
+    pairing = getattr(pipe.transformer, "_swiftfusion_cfg_pairing", None)
+    results = []
+    with torch.no_grad():
+        for call in CALL_SEQUENCES[name]:
+            for output_type in ("latent", "np"):
+                before = None if pairing is None else (pairing.paired_steps, pairing.missed_steps)
+                out = pipe(**{**CALLS[name], **call}, num_inference_steps=2, output_type=output_type,
+                           generator=torch.Generator().manual_seed(0))
+                counts = None if pairing is None else (pairing.paired_steps - before[0],
+                                                       pairing.missed_steps - before[1])
+                results.append((out.images if hasattr(out, "images") else out.frames, counts))
+    return results
+
+
+@pytest.mark.parametrize("layout", ["data2-cfg2", "cfg2-ulysses2"])
+@pytest.mark.parametrize("name", ["flux", "wan"])
+def test_cfg_pairing_across_calls_of_other_shapes(worlds, pipeline_folders, name, layout):
+    """CFG pairing learns the unconditional call's own arguments (the negative prompt's embeddings)
+    and predicts from them; a pipeline called with other batch sizes, sizes and negative prompts
+    must still equal plain diffusers call by call, never predicting from another call's shapes."""
+    options = {"data2-cfg2": dict(data_degree=2, cfg_degree=2), "cfg2-ulysses2": dict(cfg_degree=2, ulysses_degree=2)}
+    reference = call_sequence(name, pipeline_folders[name])
+    # (paired, missed) per call, latents then decoded: the latent run of a call with new shapes
+    # learns at its first step and pairs the second; the decoded run repeats that call and pairs
+    # both steps. The fourth call (new negative prompt, same shapes) predicts its first step from
+    # the previous negative prompt, found wrong when the real unconditional call comes (computed
+    # then). The fifth (unguided) computes one prediction that no call takes, then stops predicting.
+    expected_counts = [(1, 0), (2, 0)] * 3 + [(1, 1), (2, 0), (0, 1), (0, 0)]
+    for results in worlds.get(4).run(call_sequence, name, pipeline_folders[name], options[layout], timeout=300):
+        for run, ((actual, _counts), (expected, _)) in enumerate(zip(results, reference, strict=True)):
+            assert actual.shape == expected.shape, (run, actual.shape, expected.shape)
+            if run % 2 == 0:
+                assert max_rel_err(torch.as_tensor(actual), torch.as_tensor(expected)) <= 1e-4, run
+            else:
+                assert np.abs(actual - expected).max() <= 1 / 255, run
+        assert [counts for _, counts in results] == expected_counts
 
 
 def _generate(*args):

@@ -6,11 +6,14 @@
 - CFG parallel: with ``cfg_degree == 2`` the conditional branch runs on cfg index 0 and the
   unconditional one on index 1, and both predictions are exchanged before combining exactly as the
   single-process pipeline does; otherwise both branches run as one batch of twice the size.
+  Pipelines that call the transformer once per branch get the two calls of a step paired across
+  the CFG ranks instead: ``CfgPairing`` (its docstring says what state it keeps, and for how long).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 from collections.abc import Callable
 
@@ -108,21 +111,46 @@ class CfgPairing:
 
     The unconditional call's inputs are not known when the conditional call arrives, but they
     differ from it only in arguments that stay the same across steps (the negative prompt's
-    embeddings). So the first guided step runs both calls on both ranks and learns those
-    arguments; from then on, at each conditional call, CFG rank 0 computes it and rank 1 computes
-    the unconditional call it predicts, the two results are exchanged, and the unconditional call,
-    when it arrives with exactly the predicted inputs, returns the result at once (otherwise it is
-    computed, as without pairing). Exact either way; every rank decides the same.
+    embeddings). So a step without a prediction runs both calls on both ranks and learns the
+    unconditional call's own arguments (those that differ from the conditional call's). At a later
+    conditional call, CFG rank 0 computes it and rank 1 computes the unconditional call predicted
+    from what was learnt (the conditional call's arguments with the learnt ones put in); the two
+    results are exchanged, and the unconditional call, when it arrives with exactly the predicted
+    arguments, returns the result at once (otherwise it is computed and learnt again, as without
+    pairing). Exact either way.
+
+    State, by lifetime. The transformer is not told where one pipeline call ends and the next
+    begins (a call may also stop halfway), so no decision rests on knowing it:
+
+    - one step: the conditional call's arguments and the prediction made at it are taken by the
+      very next transformer call and kept by none after it. A prediction that the next call does
+      not take (no unconditional call: guidance is off) is dropped, and what was learnt with it.
+    - the pipeline: what was learnt (``_Learnt``), stored with the *layout* of the conditional call
+      it came with: per argument, tensors by shape, dtype and device, other values by value. It
+      is used only at a conditional call of that same layout, so a predicted call has exactly the
+      shapes of an unconditional call that already ran, whatever earlier calls looked like. A
+      pipeline call of other shapes (batch size, resolution, frames, text length) learns anew at
+      its first step. One of the same shapes predicts its first step from the previous negative
+      prompt: right when it is unchanged (the usual case, and every step is paired), and otherwise
+      found wrong when the unconditional call arrives, at no cost over learning but one exchange
+      (rank 1 computed it while rank 0 computed the conditional call, which both would compute
+      without a guess).
+
+    Every rank decides the same: each decision depends only on the transformer's arguments, equal
+    on every rank since every rank makes the same pipeline call (``agreement``), never on a rank's
+    own data. ``paired_steps`` counts unconditional calls answered by a prediction,
+    ``missed_steps`` predictions computed but not used.
     """
 
     def __init__(self, model: torch.nn.Module, group: Group) -> None:
         self.model, self.group = model, group
         self.names = list(inspect.signature(model.forward).parameters)
         self.label: str | None = None
-        self.last_cond: dict | None = None
-        self.uncond_only: dict | None = None  # arguments of the unconditional call that differ
-        self.predicted: tuple[dict, object] | None = None
+        self.cond: dict | None = None  # this step's conditional call, until the next call
+        self.predicted: tuple[dict, object] | None = None  # its predicted unconditional call and output
+        self.learnt: _Learnt | None = None
         self.paired_steps = 0
+        self.missed_steps = 0
         open_context = model.cache_context
 
         @contextlib.contextmanager
@@ -144,25 +172,71 @@ class CfgPairing:
 
     def __call__(self, *args, **kwargs):
         kwargs = {**dict(zip(self.names[: len(args)], args, strict=True)), **kwargs}
+        cond, self.cond = self.cond, None  # one step's state: this call takes it, no later one
         predicted, self.predicted = self.predicted, None
         if self.label == "uncond":
-            if predicted is not None and _same_arguments(kwargs, predicted[0]):
-                return predicted[1]
-            if self.last_cond is not None:
-                self.uncond_only = {k: v for k, v in kwargs.items() if not _same_value(v, self.last_cond.get(k))}
+            if predicted is not None:
+                if _same_arguments(kwargs, predicted[0]):
+                    self.paired_steps += 1
+                    return predicted[1]
+                self.missed_steps += 1
+            if cond is not None:
+                self.learnt = _Learnt.of(cond, kwargs)
             return self._run(kwargs)
+        if predicted is not None:  # no unconditional call came for it: this pipeline call is unguided
+            self.missed_steps += 1
+            self.learnt = None
         if self.label != "cond":
             return self._run(kwargs)
-        self.last_cond = kwargs
-        if self.uncond_only is None:
+        self.cond = kwargs
+        uncond = None if self.learnt is None else self.learnt.predict(kwargs)
+        if uncond is None:
             return self._run(kwargs)
-        uncond = {**kwargs, **self.uncond_only}
         mine = self._run(kwargs if self.group.index == 0 else uncond)
         sample = mine[0] if isinstance(mine, tuple) else mine.sample
         cond_sample, uncond_sample = comm.all_gather(sample[None], self.group, dim=0)
         self.predicted = (uncond, _with_sample(mine, uncond_sample))
-        self.paired_steps += 1
         return _with_sample(mine, cond_sample)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Learnt:
+    """An unconditional call, as far as it can be predicted from its conditional call."""
+
+    cond_layout: dict  # the conditional call it came with, by ``_layout``
+    names: tuple[str, ...]  # its arguments' names, in order
+    own: dict  # its arguments that the conditional call lacks or passes otherwise
+
+    @classmethod
+    def of(cls, cond: dict, uncond: dict) -> _Learnt:
+        own = {k: v for k, v in uncond.items() if k not in cond or not _same_value(v, cond[k])}
+        return cls(_layout(cond), tuple(uncond), own)
+
+    def predict(self, cond: dict) -> dict | None:
+        """The unconditional call that goes with ``cond``; None unless ``cond`` has the layout of
+        the conditional call this was learnt with (then every argument has the shape it had)."""
+        if not _same_value(_layout(cond), self.cond_layout):
+            return None
+        return {k: self.own[k] if k in self.own else cond[k] for k in self.names}
+
+
+@dataclasses.dataclass(frozen=True)
+class _TensorLayout:
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _layout(value):
+    """``value`` as far as a call's shapes go: tensors by shape, dtype and device (their content
+    left out), lists, tuples and dicts item by item, anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return _TensorLayout(value.shape, value.dtype, value.device)
+    if isinstance(value, (tuple, list)):
+        return [_layout(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _layout(item) for key, item in value.items()}
+    return value
 
 
 def _with_sample(output, sample: torch.Tensor):

@@ -137,8 +137,8 @@ def test_topology_aware_options_give_the_same_image(tmp_path):
 
 @pytest.mark.timeout(400)
 def test_output_dir_and_xdit_spellings(tmp_path):
-    _generate("--prompt", "2", "--num_images", "3", "--steps", "3", "--output_dir", str(tmp_path / "imgs"),
-              "--nproc", "2", "--cfg_degree", "2")
+    _generate("--prompt", "2", "--num_images", "3", "--num_inference_steps", "3", "--output_dir",
+              str(tmp_path / "imgs"), "--nproc", "2", "--use_cfg_parallel", "--no-metadata")
     _generate("--prompt", "2", "--num-images", "3", "--steps", "3", "--output", str(tmp_path / "grid.png"))
     names = sorted(p.name for p in (tmp_path / "imgs").iterdir())
     assert names == ["000.png", "001.png", "002.png"]

@@ -13,6 +13,8 @@ accepted where they mean the same.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import math
 import re
 import sys
@@ -20,9 +22,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from . import __version__
 from .config import ParallelConfig
-from .generate import GenerateJob, earlier_outputs, run_rank
+from .generate import GenerateJob, earlier_outputs, planned_files, run_rank
 from .launch import LaunchError, LaunchInterrupted, launch
 from .prompts import Row, batches, image_plan, read_prompts_file
 from .runtime import launched_rank, launched_world_size
@@ -91,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(where, "output-dir", metavar="DIR",
           help="one file per image or video (000.png, 001.png, ...; NNN-KK with several prompts and images each)")
     _flag(output, "overwrite", action="store_true",
-          help="replace the files of an earlier run in --output-dir (refused otherwise)")
+          help="in --output-dir, replace an earlier run's files (removing those this run does not rewrite) and "
+               "files of the names this run writes (refused otherwise); other files are left alone")
     _flag(output, "no-metadata", action="store_true",
           help="skip the metadata (PNG text chunks and a .json file beside each output)")
     _flag(output, "fps", type=float, help="frames per second of videos (default: the model family's)")
@@ -183,8 +188,9 @@ def name_flags(message: str, flag: Callable[[str], str]) -> str:
     return message
 
 
-def _check_output(args: argparse.Namespace, suffixes: tuple[str, ...], flag: Flags) -> str:
-    """Fails now, not after generating, if the output cannot be written; returns the file suffix."""
+def _check_output(args: argparse.Namespace, suffixes: tuple[str, ...], images: list, flag: Flags) -> str:
+    """Fails now, not after generating, if the output cannot be written or would replace files
+    without ``--overwrite``; returns the file suffix."""
     if args.output is not None:
         target = Path(args.output)
         if target.suffix.lower() not in suffixes:
@@ -200,10 +206,15 @@ def _check_output(args: argparse.Namespace, suffixes: tuple[str, ...], flag: Fla
             raise ValueError(f"{where} exists and is not a directory")
         _check_writable_dir(folder, where)
         earlier = earlier_outputs(folder)
-        if earlier and not args.overwrite:
-            shown = ", ".join(p.name for p in earlier[:3]) + (", ..." if len(earlier) > 3 else "")
-            raise ValueError(f"{where} already holds {len(earlier)} files of an earlier run ({shown}); pass "
-                             "--overwrite to replace them, or choose another folder")
+        others = [name for name in planned_files(images, suffixes[0], not args.no_metadata)
+                  if (folder / name).exists() and folder / name not in earlier]
+        if (earlier or others) and not args.overwrite:
+            what = (f"{len(earlier)} file{'s' if len(earlier) != 1 else ''} of an earlier run" if earlier
+                    else "files this run would replace, not written by swiftfusion")
+            names = [p.name for p in earlier] or others
+            shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+            raise ValueError(f"{where} already holds {what} ({shown}); pass --overwrite to replace them, or "
+                             "choose another folder")
     else:
         _check_writable_dir(folder.parent, where)
     return suffixes[0]
@@ -293,9 +304,9 @@ def check_generate_args(args: argparse.Namespace, flag: Flags) -> tuple[Generate
     if args.output is not None and len({(r.height or args.height, r.width or args.width) for r in rows}) > 1:
         raise ValueError(f"--output makes one grid of all images, which needs one size; rows of "
                          f"{flag('prompts_file')} set several: use {flag('output_dir')}")
-    # Under torchrun the output is rank 0's alone, on rank 0's disk.
-    suffix = _check_output(args, suffixes, flag) if launched_rank() == 0 else suffixes[0]
     images = image_plan(rows, num_images, args.seed)
+    # Under torchrun the output is rank 0's alone, on rank 0's disk.
+    suffix = _check_output(args, suffixes, images, flag) if launched_rank() == 0 else suffixes[0]
     fps = args.fps
     if fps is None:
         from .pipelines.diffusers_pipelines import PIPELINES
@@ -338,11 +349,12 @@ def _check_digits_args(args: argparse.Namespace, rows: list[Row], config: Parall
     if args.pipeline_arg or args.trust_remote_code:
         raise ValueError(f"{flag('pipeline_arg' if args.pipeline_arg else 'trust_remote_code')} is not an option of "
                          f"{args.model}")
-    for row in rows:
+    for r, row in enumerate(rows):
+        source = f"row {r + 1} of {flag('prompts_file')} {args.prompts_file!r}" if args.prompts_file else flag("prompt")
         if not re.fullmatch(r"\d", row.prompt):
-            raise ValueError(f"{flag('prompt')}: {args.model} draws a digit from 0 to 9, got {row.prompt!r}")
+            raise ValueError(f"{source}: {args.model} draws a digit from 0 to 9, got {row.prompt!r}")
         if row.negative_prompt is not None or row.height is not None:
-            raise ValueError(f"{flag('prompts_file')}: {args.model} takes no negative prompt or size in a row")
+            raise ValueError(f"{source}: {args.model} takes no negative prompt or size")
     call = dict(num_images_per_prompt=args.num_images or 1,
                 num_inference_steps=DEFAULT_STEPS if args.steps is None else args.steps,
                 guidance_scale=DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale)
@@ -373,7 +385,8 @@ def _check_pipeline_args(args: argparse.Namespace, rows: list[Row], config: Para
             raise ValueError(f"{flag('negative_prompt')} and negative prompts in {flag('prompts_file')}: give one")
         rows[:] = [Row(r.prompt, args.negative_prompt, r.seed, r.height, r.width) for r in rows]
         call.pop("negative_prompt")
-    sizes = [(row.height, row.width) if row.height is not None else (args.height, args.width) for row in rows]
+    sizes = [(row.height, row.width, f"row {r + 1} of {flag('prompts_file')} {args.prompts_file!r}")
+             if row.height is not None else (args.height, args.width, None) for r, row in enumerate(rows)]
     run = dp.RunShape(sizes=sizes, num_frames=args.num_frames,
                       negative_prompt=any(row.negative_prompt is not None for row in rows),
                       cfg_degree=config.cfg_degree)
@@ -406,10 +419,28 @@ def _link(text: str | None, flag: str) -> Link | None:
         raise ValueError(f"{flag}: {error}") from None
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parse_args``, but an unknown flag of ``generate`` is reported with ``generate``'s usage
+    and the nearest flags it has."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = _generate_parser(parser) if args.command == "generate" else parser
+        spelling = {s: action.option_strings[0] for action in command._actions for s in action.option_strings}
+
+        def hint(word: str) -> str:
+            close = dict.fromkeys(spelling[s] for s in difflib.get_close_matches(word.split("=", 1)[0], spelling, n=3))
+            return f"{word} (did you mean {' or '.join(close)}?)" if close and word.startswith("-") else word
+
+        hints = [hint(word) for word in unknown]
+        command.error(f"unrecognized arguments: {' '.join(hints)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
+    started_at = psutil.Process().create_time()  # the start-up time counts the interpreter and imports
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.command == "bench":
         from . import bench
 
@@ -421,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     flag = Flags(parser, argv)
     try:
         job, config = check_generate_args(args, flag)
+        job = dataclasses.replace(job, started_at=started_at)
     except ValueError as error:
         # Under torchrun every rank checks; rank 0 alone says why.
         parser.exit(2, f"swiftfusion: error: {error}\n" if launched_rank() == 0 else None)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import statistics
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +25,8 @@ from .images import grid, video_frames, write_json, write_png, write_video
 from .prompts import Batch, OutputImage, Row
 from .timing import CallTiming, RunTiming, StepClock, gib, memory_kind, peak_memory_bytes, profiled, spread
 
-# Files an earlier run of ``--output-dir`` wrote (see ``prompts.image_plan`` for the names).
-OUTPUT_NAME = re.compile(r"^\d{3,}(-\d{2,})?\.(png|gif|mp4|json)$")
+# What a run wrote in an ``--output-dir``, so that a later run touches only swiftfusion's files.
+MANIFEST = ".swiftfusion-outputs.json"
 
 
 @dataclass(frozen=True)
@@ -49,12 +49,21 @@ class GenerateJob:
     warmup: int = 0
     iterations: int = 1
     profile: str | None = None
+    started_at: float | None = None  # time.time() when the command started, for the start-up time
 
 
 def earlier_outputs(folder: str | os.PathLike) -> list[Path]:
-    """Files in ``folder`` named as a ``--output-dir`` run names its outputs."""
-    path = Path(folder)
-    return sorted(p for p in path.iterdir() if OUTPUT_NAME.match(p.name)) if path.is_dir() else []
+    """The files an earlier run wrote in ``folder`` (by its manifest) that are still there."""
+    try:
+        names = json.loads((Path(folder) / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return sorted(Path(folder) / name for name in names if (Path(folder) / name).is_file())
+
+
+def planned_files(job_images: list[OutputImage], suffix: str, metadata: bool) -> list[str]:
+    """The file names a run writes in its ``--output-dir``."""
+    return [f"{image.name}{s}" for image in job_images for s in ((suffix, ".json") if metadata else (suffix,))]
 
 
 def quiet_other_ranks() -> None:
@@ -78,6 +87,7 @@ def run_rank(job: GenerateJob, config: ParallelConfig) -> None:
     (in the last timed iteration), so a long job keeps what it made and holds no more than one
     batch of outputs in memory (a grid, ``--output``, holds all of them: it needs them)."""
     quiet_other_ranks()
+    start_s = None if job.started_at is None else time.time() - job.started_at
     device = runtime.default_device()
     clock = StepClock(device)
     start = clock.now()
@@ -100,7 +110,8 @@ def run_rank(job: GenerateJob, config: ParallelConfig) -> None:
     peaks = _gather_peaks(peak_memory_bytes(device), config)
     if writer is None:
         return
-    report = {**runs[-1].summary(), "load_s": load_s, "peak_memory_bytes": peaks, "memory": memory_kind(device)}
+    report = {**runs[-1].summary(), "start_s": start_s, "load_s": load_s, "peak_memory_bytes": peaks,
+              "memory": memory_kind(device)}
     writer.finish()
     _print_report(job, config, report, runs)
 
@@ -195,13 +206,15 @@ class OutputWriter:
 
         self.job, self.load_s = job, load_s
         self.run = {"model": job.model, "pipeline": job.pipeline_class or "swiftfusion DigitsPipeline",
-                    **job.settings, "layout": layout(config), "world_size": runtime.world_size(),
-                    "swiftfusion": __version__}
+                    **job.settings, "fps": job.fps if job.suffix != ".png" else None, "layout": layout(config),
+                    "world_size": runtime.world_size(), "swiftfusion": __version__}
         self.video = job.suffix != ".png"
         self.grid: list[tuple[torch.Tensor, dict]] = []  # --output: every output, for one file
         self.written: set[Path] = set()
+        self.earlier: list[Path] = []
         if job.output_dir is not None:
             Path(job.output_dir).mkdir(exist_ok=True)
+            self.earlier = earlier_outputs(job.output_dir)  # only with --overwrite (checked before the run)
 
     def _metadata(self, image: OutputImage, timing: CallTiming) -> dict:
         row = self.job.rows[image.row]
@@ -232,6 +245,11 @@ class OutputWriter:
             if self.job.metadata:
                 write_json(entry, path.with_suffix(".json"))
                 self.written.add(path.with_suffix(".json"))
+        if self.job.output_dir is not None:  # an interrupted run's files are known as swiftfusion's too
+            self._write_manifest(set(self.earlier) | self.written)
+
+    def _write_manifest(self, files: set[Path]) -> None:
+        write_json({"files": sorted(path.name for path in files)}, Path(self.job.output_dir) / MANIFEST)
 
     def finish(self) -> None:
         job = self.job
@@ -247,20 +265,21 @@ class OutputWriter:
                 write_json(entries, sidecar)
             print(f"wrote {job.output}" + (f" and {sidecar}" if job.metadata else ""))
             return
-        for path in earlier_outputs(job.output_dir):  # what an earlier, larger run left (--overwrite)
-            if path not in self.written:
+        for path in self.earlier:  # what an earlier, larger run wrote and this one did not (--overwrite)
+            if path not in self.written and path.is_file():
                 path.unlink()
-        kind = "videos" if self.video else "images"
-        print(f"wrote {len(job.images)} {kind} to {job.output_dir}" + (" (with .json metadata)" if job.metadata
-                                                                        else ""))
+        self._write_manifest(self.written)
+        count = f"{len(job.images)} {'video' if self.video else 'image'}{'s' if len(job.images) != 1 else ''}"
+        print(f"wrote {count} to {job.output_dir}" + (" (with .json metadata)" if job.metadata else ""))
 
 
 def _print_report(job: GenerateJob, config: ParallelConfig, report: dict, runs: list[RunTiming]) -> None:
     peaks = ", ".join(f"rank {r} {gib(b)}" for r, b in enumerate(report["peak_memory_bytes"]))
-    print(f"time: load {report['load_s']:.2f} s, encode {report['encode_s']:.2f} s, "
-          f"denoise {report['denoise_s']:.2f} s "
-          f"({report['steps']} steps, median {report['step_median_s']:.3f} s/step), decode {report['decode_s']:.2f} s, "
-          f"total {report['total_s']:.2f} s")
+    calls = len(job.batches)
+    started = f"start {report['start_s']:.2f} s (processes, imports), " if report.get("start_s") is not None else ""
+    print(f"time: {started}load {report['load_s']:.2f} s, then for {calls} pipeline call{'s' if calls > 1 else ''}: "
+          f"encode {report['encode_s']:.2f} s, denoise {report['denoise_s']:.2f} s ({report['steps']} steps, median "
+          f"{report['step_median_s']:.3f} s/step), decode {report['decode_s']:.2f} s, total {report['total_s']:.2f} s")
     print(f"peak memory per rank ({report['memory']}): {peaks}")
     if job.iterations == 1 and job.warmup == 0:
         return
@@ -272,6 +291,7 @@ def _print_report(job: GenerateJob, config: ParallelConfig, report: dict, runs: 
           f"(min {min(steps):.4f}, max {max(steps):.4f})")
     print(json.dumps({
         "benchmark": "generate", "model": job.model, "layout": layout(config), "world_size": runtime.world_size(),
-        "images": len(job.images), "warmup": job.warmup, "iterations": len(runs), "total_s": spread(totals),
+        "images": len(job.images), "pipeline_calls": len(job.batches), "settings": job.settings,
+        "warmup": job.warmup, "iterations": len(runs), "total_s": spread(totals),
         "step_median_s": spread(steps), "load_s": report["load_s"], "peak_memory_bytes": report["peak_memory_bytes"],
     }))

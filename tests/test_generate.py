@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from swiftfusion import cli
@@ -89,6 +90,9 @@ PIPELINE_ERRORS = [
      "guidance-distilled (guidance_embeds is false)"),
     ("flux", ["--prompts-file", "rows.jsonl"], "--output makes one grid of all images, which needs one size; rows of "
      "--prompts-file set several: use --output-dir"),
+    ("sd3", ["--prompts_file", "bad_rows.jsonl"], "row 2 of --prompts_file '{tmp}/bad_rows.jsonl': width 22 is not a "
+     "multiple of 4, which StableDiffusion3Pipeline needs for this model (VAE and patch size); nearest: 20 or 24"),
+    ("flux", ["--max-sequence-length", "600"], "--max-sequence-length 600: FluxPipeline takes at most 512"),
     ("wan", ["--fps", "0", "--output", "x.gif"], "--fps must be a positive number, got 0.0"),
     ("flux", ["--fps", "8"], "--fps is for video pipelines; FluxPipeline makes images"),
     ("flux", ["--pipeline-arg", "height=8"], "--pipeline-arg height: use --height"),
@@ -107,11 +111,12 @@ def test_pipeline_options_are_checked_before_any_work(no_work, capsys, tmp_path,
                                                       message):
     output = ["--output", str(tmp_path / "x.png")] if "--output" not in extra else []
     (tmp_path / "rows.jsonl").write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "size": "24x16"}\n')
-    extra = [str(tmp_path / e) if e in ("x.gif", "rows.jsonl") else e for e in extra]
-    prompt = [] if "--prompts-file" in extra else ["--prompt", "a cat"]
+    (tmp_path / "bad_rows.jsonl").write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "size": "22x20"}\n')
+    extra = [str(tmp_path / e) if e in ("x.gif", "rows.jsonl", "bad_rows.jsonl") else e for e in extra]
+    prompt = [] if {"--prompts-file", "--prompts_file"} & set(extra) else ["--prompt", "a cat"]
     argv = ["generate", "--model", pipeline_folders[name], *prompt, *output, *extra]
-    assert _error_of(argv, capsys) == message
-    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
+    assert _error_of(argv, capsys) == message.format(tmp=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad_rows.jsonl", "rows.jsonl"]
 
 
 def test_unknown_pipeline_argument_lists_the_settable_ones(no_work, capsys, tmp_path, pipeline_folders):
@@ -150,6 +155,30 @@ def test_missing_folders_and_unreachable_hub_fail_fast(no_work, capsys, tmp_path
     assert error.endswith("Give the path of a pipeline folder, or download the model first")
 
 
+def test_files_not_written_by_swiftfusion_are_not_replaced_silently(no_work, capsys, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "001.png").write_bytes(b"a user's picture")
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    argv = ["generate", "--prompt", "3", "--num-images", "2", "--output-dir", str(tmp_path / "out")]
+    assert _error_of(argv, capsys) == (f"--output-dir {str(tmp_path / 'out')!r} already holds files this run would "
+                                       "replace, not written by swiftfusion (001.png); pass --overwrite to replace "
+                                       "them, or choose another folder")
+    (tmp_path / "out" / "001.png").rename(tmp_path / "out" / "009.png")
+    job, _ = cli.check_generate_args(cli.build_parser().parse_args(argv), cli.Flags(cli.build_parser(), argv))
+    assert job.output_dir == str(tmp_path / "out")  # other names: no clash, so no refusal
+
+
+def test_digits_api_seeds_each_image(tmp_path):
+    """``seed=s`` seeds image i with s + i, as the CLI does: any image can be made again alone."""
+    from swiftfusion import DigitsPipeline
+
+    pipe = DigitsPipeline.from_pretrained()
+    pair = pipe(7, num_images_per_prompt=2, num_inference_steps=2, seed=5, show_progress=False).images
+    second = pipe(7, num_inference_steps=2, seed=6, show_progress=False).images
+    listed = pipe([7, 7], num_inference_steps=2, seed=[5, 6], show_progress=False).images
+    assert torch.allclose(pair[1], second[0], atol=1e-6) and torch.allclose(pair, listed, atol=1e-6)
+
+
 def test_every_flag_has_help_and_the_version_prints(capsys):
     generate = cli._generate_parser(cli.build_parser())
     missing = [a.option_strings for a in generate._actions if a.option_strings and not a.help]
@@ -164,7 +193,12 @@ def test_every_flag_has_help_and_the_version_prints(capsys):
     assert capsys.readouterr().out.strip() == f"swiftfusion {__version__}"
     with pytest.raises(SystemExit):  # no abbreviations: --num-i could mean several flags
         cli.main(["generate", "--prompt", "3", "--output", "x.png", "--num-i", "2"])
-    assert "unrecognized arguments: --num-i 2" in capsys.readouterr().err
+    assert "unrecognized arguments: --num-i (did you mean --num-images or --num-frames?) 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--promt", "3", "--output", "x.png"])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "swiftfusion generate: error: unrecognized arguments: --promt (did you mean --prompt or --nproc or "
+        "--prompts-file?) 3")
 
 
 # --- prompts, seeds and names ---------------------------------------------------------------------
@@ -231,7 +265,7 @@ def test_prompts_file_data_parallel_equals_one_process_with_metadata(pipeline_fo
     _generate(*common, "--output-dir", str(tmp_path / "one"))
     names = [f"{i:03d}" for i in range(10)]
     assert sorted(p.name for p in (tmp_path / "dp").iterdir()) == sorted(
-        [f"{n}.png" for n in names] + [f"{n}.json" for n in names])
+        [f"{n}.png" for n in names] + [f"{n}.json" for n in names] + [".swiftfusion-outputs.json"])
     for i, name in enumerate(names):
         parallel, one = tmp_path / "dp" / f"{name}.png", tmp_path / "one" / f"{name}.png"
         assert np.abs(_pixels(parallel) - _pixels(one)).max() <= 1
@@ -277,9 +311,10 @@ def test_rgb_output_dir_negative_prompts_and_overwrite(pipeline_folders, tmp_pat
     assert refused.stderr.strip() == (f"swiftfusion: error: --output-dir {str(tmp_path / 'cfg')!r} already holds 4 "
                                       "files of an earlier run (000.json, 000.png, 001.json, ...); pass --overwrite "
                                       "to replace them, or choose another folder")
+    (tmp_path / "cfg" / "005.png").write_bytes(b"not ours")  # a user's file: left alone
     _generate(*common[:2], "--prompt", "a cat", "--steps", "1", "--height", "20", "--width", "20", "--output-dir",
               str(tmp_path / "cfg"), "--overwrite", "--no-metadata")
-    assert sorted(p.name for p in (tmp_path / "cfg").iterdir()) == ["000.png"]
+    assert sorted(p.name for p in (tmp_path / "cfg").iterdir()) == [".swiftfusion-outputs.json", "000.png", "005.png"]
 
 
 @pytest.mark.timeout(600)

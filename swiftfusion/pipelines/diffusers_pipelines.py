@@ -64,6 +64,7 @@ class PipelineInfo:
     binning_sample_sizes: tuple[int, ...] | None = None
     binning_shapes: Callable[[], list[tuple[int, int]]] | None = None
     fps: int = 8  # the model family's usual frame rate, for video files
+    max_text_tokens: int | None = None  # the longest max_sequence_length the pipeline takes
 
 
 def _hunyuandit_shapes() -> list[tuple[int, int]]:
@@ -74,8 +75,9 @@ def _hunyuandit_shapes() -> list[tuple[int, int]]:
 
 PIPELINES = {
     "FluxPipeline": PipelineInfo("FluxTransformer2DModel", "image", lambda v, t: _vae_factor(v) * 2,
-                                 guidance="true_cfg_scale"),
-    "StableDiffusion3Pipeline": PipelineInfo("SD3Transformer2DModel", "image", lambda v, t: _vae_factor(v) * _patch(t)),
+                                 guidance="true_cfg_scale", max_text_tokens=512),
+    "StableDiffusion3Pipeline": PipelineInfo("SD3Transformer2DModel", "image", lambda v, t: _vae_factor(v) * _patch(t),
+                                             max_text_tokens=512),
     "PixArtAlphaPipeline": PipelineInfo("PixArtTransformer2DModel", "image",
                                         lambda v, t: math.lcm(8, _vae_factor(v) * _patch(t)),
                                         binning_sample_sizes=(32, 64, 128)),
@@ -86,7 +88,8 @@ PIPELINES = {
                                        lambda v, t: math.lcm(16, _vae_factor(v) * _patch(t)),
                                        binning_shapes=_hunyuandit_shapes),
     "QwenImagePipeline": PipelineInfo("QwenImageTransformer2DModel", "image",
-                                      lambda v, t: 2 ** len(v["temperal_downsample"]) * 2, guidance="true_cfg_scale"),
+                                      lambda v, t: 2 ** len(v["temperal_downsample"]) * 2, guidance="true_cfg_scale",
+                                      max_text_tokens=1024),
     "CogVideoXPipeline": PipelineInfo("CogVideoXTransformer3DModel", "video",
                                       lambda v, t: math.lcm(8, _vae_factor(v) * _patch(t)),
                                       frame_factor=lambda v: int(v.get("temporal_compression_ratio", 4)), fps=8),
@@ -211,7 +214,9 @@ def takes(class_name: str, argument: str) -> bool:
 class RunShape:
     """What one run asks of the pipeline, as far as the checks below need it."""
 
-    sizes: list[tuple[int | None, int | None]]  # (height, width) of each request; None: the default
+    # (height, width, where) of each request: None for the default size; ``where`` names the row of
+    # a prompts file that set the size, or is None for --height/--width.
+    sizes: list[tuple[int | None, int | None, str | None]]
     num_frames: int | None
     negative_prompt: bool  # any request has one
     cfg_degree: int
@@ -226,12 +231,13 @@ def check_run(model: str, class_name: str, index: Config, call: dict, run: RunSh
     multiple = info.size_multiple(vae, transformer)
     binning = call.get("use_resolution_binning", default_of(class_name, "use_resolution_binning"))
     any_size = binning and info.binning_sample_sizes is not None  # PixArt bins, then resizes back
-    for height, width in run.sizes:
+    for height, width, where in run.sizes:
         for name, value in (("height", height), ("width", width)):
             if value is not None and value % multiple and not any_size:
                 lower, upper = value // multiple * multiple, (value // multiple + 1) * multiple
                 near = f"{lower} or {upper}" if lower else str(upper)
-                raise ValueError(f"{flag(name)} {value} is not a multiple of {multiple}, which {class_name} needs "
+                what = f"{where}: {name}" if where else flag(name)
+                raise ValueError(f"{what} {value} is not a multiple of {multiple}, which {class_name} needs "
                                  f"for this model (VAE and patch size); nearest: {near}")
         if binning and info.binning_shapes is not None:
             default = transformer["sample_size"] * _vae_factor(vae)
@@ -247,6 +253,9 @@ def check_run(model: str, class_name: str, index: Config, call: dict, run: RunSh
             f"{class_name}'s resolution binning (on by default) needs a transformer sample_size of "
             f"{', '.join(map(str, info.binning_sample_sizes))}; this model's is {transformer['sample_size']}: pass "
             "--pipeline-arg use_resolution_binning=false")
+    tokens = call.get("max_sequence_length")
+    if info.max_text_tokens is not None and tokens is not None and tokens > info.max_text_tokens:
+        raise ValueError(f"{flag('max_sequence_length')} {tokens}: {class_name} takes at most {info.max_text_tokens}")
     counts = info.frame_counts(transformer) if info.frame_counts is not None else None
     if counts is not None and run.num_frames is not None and run.num_frames not in counts:
         raise ValueError(f"{flag('num_frames')} {run.num_frames}: this {class_name}'s transformer takes "

@@ -47,13 +47,12 @@ def check_generation_args(prompts: Sequence[int], num_images_per_prompt: int, nu
 
 
 def initial_noise(seed: int | Sequence[int], n: int) -> torch.Tensor:
-    """The starting noise of ``n`` images: from one generator seeded with ``seed``, or with a list
-    of ``n`` seeds, each image from its own (so an image does not depend on its batch). Every rank
-    draws the noise of the whole batch, so any split reproduces one process."""
+    """The starting noise of ``n`` images, each from its own generator: image ``i`` seeded with
+    ``seed + i``, or with ``seed[i]`` given a list of ``n`` seeds (as ``swiftfusion generate``
+    seeds them), so an image depends on its seed only, not on its batch. Every rank draws the
+    noise of the whole batch, so any split reproduces one process."""
     shape = (1, digits.IMAGE_SIZE, digits.IMAGE_SIZE)
-    if _is_int(seed):
-        return torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed))
-    seeds = list(seed)
+    seeds = [seed + i for i in range(n)] if _is_int(seed) else list(seed)
     if len(seeds) != n or not all(_is_int(s) for s in seeds):
         raise ValueError(f"seed must be an integer or a list of {n} integers (one per image), got {seed!r}")
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
@@ -83,6 +82,9 @@ class DigitsPipeline:
         show_progress: bool = True,
         callback_on_step_end: Callable[[int], None] | None = None,
     ) -> DigitsOutput:
+        """Images of the digits ``digit`` (one or a list), ``num_images_per_prompt`` each, in order;
+        image ``i`` starts from the noise of ``seed + i`` (or ``seed[i]``: a list of one seed per
+        image). ``callback_on_step_end(step)`` is called after each denoising step."""
         if self.split.mesh is not None:  # first, before any check or collective that could differ per rank
             from .agreement import check_same_call
 

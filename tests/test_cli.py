@@ -140,7 +140,8 @@ def test_output_dir_and_xdit_spellings(tmp_path):
     _generate("--prompt", "2", "--num_images", "3", "--num_inference_steps", "3", "--output_dir",
               str(tmp_path / "imgs"), "--nproc", "2", "--use_cfg_parallel", "--no-metadata")
     _generate("--prompt", "2", "--num-images", "3", "--steps", "3", "--output", str(tmp_path / "grid.png"))
-    names = sorted(p.name for p in (tmp_path / "imgs").iterdir())
+    names = sorted(p.name for p in (tmp_path / "imgs").glob("*.png"))
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == [".swiftfusion-outputs.json", *names]
     assert names == ["000.png", "001.png", "002.png"]
     grid = _pixels(tmp_path / "grid.png")
     for i, name in enumerate(names):

@@ -283,7 +283,7 @@ def test_prompts_file_data_parallel_equals_one_process_with_metadata(pipeline_fo
     assert run.stderr.count("  0%|          | 0/2 [") == 5, run.stderr
     assert run.stderr.count("`CLIPImageProcessor` requires torchvision") <= 1, run.stderr
     assert "deprecated" not in run.stderr  # diffusers' torch_dtype deprecation: we pass dtype
-    assert run.stdout.count("time: load") == 1 and "peak memory per rank (resident set): rank 0 " in run.stdout
+    assert run.stdout.count("time: start") == 1 and "peak memory per rank (resident set): rank 0 " in run.stdout
 
 
 @pytest.mark.timeout(600)
@@ -340,7 +340,8 @@ def test_video_as_mp4_and_gif(pipeline_folders, tmp_path):
               "--width", "48", "--num-frames", "9", "--max-sequence-length", "7", "--fps", "10"]
     _generate(*common, "--output-dir", str(tmp_path / "videos"), "--nproc", "2", "--ulysses-degree", "2")
     _generate(*common, "--output", str(tmp_path / "one.gif"))
-    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["000.json", "000.mp4"]
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == [".swiftfusion-outputs.json", "000.json",
+                                                                       "000.mp4"]
     reader = imageio_ffmpeg.read_frames(str(tmp_path / "videos" / "000.mp4"))
     info = next(reader)
     frames = list(reader)

@@ -4,6 +4,18 @@ from harness import WorldPool
 from tiny_pipelines import save_pipeline
 
 
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fails the test if a model load or a launch is attempted (for tests of input checks)."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the input was checked")
+
+    monkeypatch.setattr("swiftfusion.pipelines.diffusers_pipelines.load", forbidden)
+    monkeypatch.setattr("swiftfusion.pipelines.load_pipeline", forbidden)
+    monkeypatch.setattr("swiftfusion.cli.launch", forbidden)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def worlds():
     pool = WorldPool()

@@ -12,17 +12,6 @@ from PIL import Image
 from swiftfusion import cli
 
 
-@pytest.fixture
-def no_work(monkeypatch):
-    """Fails the test if a model load or a launch is attempted."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("work started before the input was checked")
-
-    monkeypatch.setattr("swiftfusion.pipelines.load_pipeline", forbidden)
-    monkeypatch.setattr(cli, "launch", forbidden)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-
-
 def _error_of(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)

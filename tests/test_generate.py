@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from swiftfusion import cli
-from swiftfusion.pipelines import diffusers_pipelines
 from swiftfusion.pipelines.pipeline_args import pipeline_arguments
 from swiftfusion.prompts import Row, batches, image_plan, read_prompts_file
 
@@ -32,18 +31,6 @@ def _generate(*args, umask=None, check=True, env=None):
 
 def _pixels(path):
     return np.asarray(Image.open(path).convert("RGB")).astype(int)
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    """Fails the test if a model load or a launch is attempted."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("work started before the input was checked")
-
-    monkeypatch.setattr(diffusers_pipelines, "load", forbidden)
-    monkeypatch.setattr("swiftfusion.pipelines.load_pipeline", forbidden)
-    monkeypatch.setattr(cli, "launch", forbidden)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
 
 
 def _error_of(argv, capsys):

@@ -390,12 +390,10 @@ def _check_pipeline_args(args: argparse.Namespace, rows: list[Row], config: Para
     run = dp.RunShape(sizes=sizes, num_frames=args.num_frames,
                       negative_prompt=any(row.negative_prompt is not None for row in rows),
                       cfg_degree=config.cfg_degree)
-    cli_name = {"negative_prompt": "negative_prompt", "num_frames": "num_frames", "cfg_degree": "cfg_degree"}
-
     def flag_of(argument: str) -> str:
-        if argument in cli_name or argument in dp.CALL_ARGUMENTS:
-            return flag(cli_name.get(argument, argument))
-        return f"--pipeline-arg {argument}"
+        """The flag that sets a pipeline argument (or the CFG degree) named in a check's message."""
+        has_flag = argument in dp.CALL_ARGUMENTS or argument == "cfg_degree"
+        return flag(argument) if has_flag else f"--pipeline-arg {argument}"
 
     dp.check_run(args.model, class_name, index, call, run, flag_of)
     settings = {"steps": dp.default_of(class_name, "num_inference_steps"),

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import runtime
+from . import comm, runtime
 from .config import ParallelConfig
 from .images import grid, video_frames, write_json, write_png, write_video
 from .prompts import Batch, OutputImage, Row
@@ -107,21 +107,13 @@ def run_rank(job: GenerateJob, config: ParallelConfig) -> None:
             last = iteration == job.iterations - 1
             runs.append(_run_batches(pipe, job, clock, transformers, show_progress=me == 0 and iteration == 0,
                                      write=writer.write if writer is not None and last else None))
-    peaks = _gather_peaks(peak_memory_bytes(device), config)
+    peaks = [int(peak) for peak in comm.all_gather_object(peak_memory_bytes(device))]  # one rank: [its own]
     if writer is None:
         return
     report = {**runs[-1].summary(), "start_s": start_s, "load_s": load_s, "peak_memory_bytes": peaks,
               "memory": memory_kind(device)}
     writer.finish()
     _print_report(job, config, report, runs)
-
-
-def _gather_peaks(mine: int, config: ParallelConfig) -> list[int]:
-    if runtime.world_size() == 1:
-        return [mine]
-    from . import comm
-
-    return [int(v) for v in comm.all_gather_object(mine)]
 
 
 def _load(job: GenerateJob, device: torch.device):

@@ -21,7 +21,6 @@ import torch
 from PIL import Image, PngImagePlugin
 
 GRID_PADDING = 2
-VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -21,9 +21,7 @@ import torch
 
 from ..models import BUILTIN_MODELS
 from ..models.plan import PLANS
-from .hub import HUB_ID, hub_config, looks_like_path
-
-Config = dict  # a component's config.json
+from .hub import HUB_ID, Config, hub_config, looks_like_path
 
 
 def _vae_factor(vae: Config) -> int:

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 HUB_ID = re.compile(r"^[\w-][\w.-]*/[\w.-]+$")
 HUB_PROBE_TIMEOUT_S = 5.0
-Config = dict
+Config = dict  # a pipeline's model_index.json or a component's config.json
 
 
 def looks_like_path(model: str) -> bool:
